@@ -1,0 +1,175 @@
+"""Binarizer modules and their name registry.
+
+A binarizer is a small ``nn.Module`` that maps a float tensor to its binarized form (two
+values) with a surrogate gradient. Layers accept one by name, as a module, or ``None``
+(full precision), as larq's ``input_quantizer`` / ``kernel_quantizer`` do::
+
+    get_binarizer("approx_sign")       # -> ApproxSign()
+    get_binarizer(EDESign(t=0.1))      # -> the same module
+    get_binarizer(None)                # -> None (full precision)
+
+Register your own with ``@register_binarizer("name")`` on an ``nn.Module`` subclass whose
+constructor arguments all have defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from bnnkit._registry import Registry
+from bnnkit.binarize import autograd as A
+
+BINARIZERS: Registry[type[nn.Module]] = Registry("binarizer")
+
+
+def register_binarizer(
+    name: str, *, aliases: tuple[str, ...] = ()
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: register a binarizer module class under ``name``."""
+    return BINARIZERS.decorator(name, aliases=aliases)
+
+
+def list_binarizers() -> list[str]:
+    """Canonical binarizer names, sorted."""
+    return BINARIZERS.names()
+
+
+def get_binarizer(spec: str | nn.Module | None, **kwargs: object) -> nn.Module | None:
+    """Resolve a binarizer given by name, module or ``None``.
+
+    Args:
+        spec: a registered name (see :func:`list_binarizers`), an ``nn.Module`` (returned
+            as is) or ``None`` (full precision, returns ``None``).
+        **kwargs: constructor arguments when ``spec`` is a name.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid names).
+        TypeError: ``spec`` of another type, or kwargs given with a module.
+    """
+    if spec is None:
+        if kwargs:
+            raise TypeError("binarizer arguments given but the binarizer is None")
+        return None
+    if isinstance(spec, nn.Module):
+        if kwargs:
+            raise TypeError("binarizer arguments can only be given with a binarizer name")
+        return spec
+    if isinstance(spec, str):
+        return BINARIZERS.get(spec)(**kwargs)
+    raise TypeError(
+        f"a binarizer must be a name, an nn.Module or None, got {type(spec).__name__}; "
+        f"valid names: {', '.join(list_binarizers())}"
+    )
+
+
+@register_binarizer("identity_ste")
+class IdentitySTESign(nn.Module):
+    r"""Sign with the identity straight-through estimator.
+
+    Forward :math:`\mathrm{sign}(x)` (sign(0) = +1); backward :math:`\partial/\partial x = 1`.
+    The weight binarizer of ReCU and OvSW (Bengio et al. 2013).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return A.identity_ste_sign(x)
+
+
+@register_binarizer("clipped_ste", aliases=("ste_sign",))
+class ClippedSTESign(nn.Module):
+    r"""Sign with the clipped straight-through estimator (larq's ``ste_sign``).
+
+    Forward :math:`\mathrm{sign}(x)`; backward :math:`1_{|x| \le c}` (``clip_value`` c = 1).
+    Hubara et al., NeurIPS 2016; the weight estimator of XNOR-Net, Bi-Real and ReActNet.
+    """
+
+    def __init__(self, clip_value: float = 1.0) -> None:
+        super().__init__()
+        if not clip_value > 0:
+            raise ValueError(f"clip_value must be > 0, got {clip_value}")
+        self.clip_value = float(clip_value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return A.clipped_ste_sign(x, self.clip_value)
+
+    def extra_repr(self) -> str:
+        return f"clip_value={self.clip_value}"
+
+
+@register_binarizer("approx_sign")
+class ApproxSign(nn.Module):
+    r"""Sign with Bi-Real Net's ApproxSign estimator.
+
+    Forward :math:`\mathrm{sign}(x)`; backward :math:`\max(0, 2 - 2|x|)`, the derivative of the
+    piecewise quadratic :math:`F` (Liu et al., ECCV 2018). The activation estimator of Bi-Real,
+    ReActNet, ReCU, ReBNN and OvSW.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return A.approx_sign(x)
+
+
+@register_binarizer("ede")
+class EDESign(nn.Module):
+    r"""Sign with IR-Net's Error Decay Estimator.
+
+    Forward :math:`\mathrm{sign}(x)`; backward :math:`k\,t\,(1 - \tanh^2(t x))`. ``t`` and ``k``
+    are 0-d float buffers (saved in ``state_dict``, moved by ``.to()``) that a schedule writes in
+    place (:class:`bnnkit.methods.irnet.IRNet` does, once per epoch). Qin et al., CVPR 2020.
+    """
+
+    t: Tensor
+    k: Tensor
+
+    def __init__(self, t: float = 1.0, k: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("t", torch.tensor(float(t)))
+        self.register_buffer("k", torch.tensor(float(k)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return A.ede_sign(x, self.t.to(x.dtype), self.k.to(x.dtype))
+
+
+@register_binarizer("swish_sign")
+class SwishSign(nn.Module):
+    r"""Sign with the SwishSign estimator of BNN+.
+
+    Forward :math:`\mathrm{sign}(x)`; backward
+    :math:`\beta(2 - \beta x \tanh(\beta x/2)) / (1 + \cosh(\beta x))` (``beta`` = 5 as in larq).
+    Darabi et al., 2018.
+    """
+
+    def __init__(self, beta: float = 5.0) -> None:
+        super().__init__()
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.beta = float(beta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return A.swish_sign(x, self.beta)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+@register_binarizer("magnitude_aware_sign")
+class MagnitudeAwareSign(nn.Module):
+    r"""Magnitude-aware sign for weights (Bi-Real Net §3.3; larq's ``magnitude_aware_sign``).
+
+    Forward :math:`\alpha_c\,\mathrm{sign}(W)` with :math:`\alpha_c = \lVert W_c\rVert_1 / n`
+    per output channel, detached; backward :math:`\alpha_c \cdot 1_{|W| \le c}`.
+    """
+
+    def __init__(self, clip_value: float = 1.0) -> None:
+        super().__init__()
+        if not clip_value > 0:
+            raise ValueError(f"clip_value must be > 0, got {clip_value}")
+        self.clip_value = float(clip_value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return A.magnitude_aware_sign(x, self.clip_value)
+
+    def extra_repr(self) -> str:
+        return f"clip_value={self.clip_value}"

@@ -1,0 +1,33 @@
+"""Binarization methods: the ``Method`` base, its registry, ``binarize_`` and the methods.
+
+Importing this package registers every built-in method (one module each).
+"""
+
+from bnnkit.methods import bireal, full_precision, irnet, reactnet, ste, xnor  # noqa: F401
+from bnnkit.methods.attach import BinarizeReport, binarize_, binary_layers
+from bnnkit.methods.base import (
+    LayerList,
+    Method,
+    TrainState,
+    check_choice,
+    check_ordered,
+    check_range,
+    get_method,
+    list_methods,
+    register_method,
+)
+
+__all__ = [
+    "BinarizeReport",
+    "LayerList",
+    "Method",
+    "TrainState",
+    "binarize_",
+    "binary_layers",
+    "check_choice",
+    "check_ordered",
+    "check_range",
+    "get_method",
+    "list_methods",
+    "register_method",
+]

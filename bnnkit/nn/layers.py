@@ -1,0 +1,206 @@
+"""Binary layers: ``nn.Conv2d`` / ``nn.Linear`` plus a weight binarizer, an input binarizer
+and a weight scale.
+
+``BinaryConv2d`` and ``BinaryLinear`` take exactly the arguments (and defaults) of the torch
+layers, plus keyword-only ``weight_binarizer``, ``input_binarizer`` and ``scale`` (each a
+registry name, a module, or ``None``). With none of them they compute exactly what the torch
+layer computes. The output is always::
+
+    conv(binarized_input(x), binarized_weight()) + bias
+
+so ``binarized_weight()`` is the tensor the convolution really uses (weight-side scale
+folded in) and ``binarized_input(x)`` what the input becomes. Padding is applied *after*
+input binarization (zero padding of a ±1 map, as every paper's code trains).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from bnnkit.binarize import Scale, get_binarizer, get_scale
+
+
+class BinaryLayer(nn.Module):
+    """Common part of :class:`BinaryConv2d` and :class:`BinaryLinear`.
+
+    Attributes:
+        weight_binarizer: module applied to the latent weight, or ``None``.
+        input_binarizer: module applied to the layer input, or ``None``.
+        scale: a :class:`bnnkit.binarize.Scale` (weight-side, per output channel) or ``None``.
+        method_state: a module of per-layer buffers built by the attached method, or ``None``.
+        method_name: name of the attached method (set by :func:`bnnkit.binarize_`), or ``None``.
+    """
+
+    weight: nn.Parameter
+    weight_binarizer: nn.Module | None
+    input_binarizer: nn.Module | None
+    scale: Scale | None
+    method_state: nn.Module | None
+
+    def _init_binary(self, weight_binarizer: Any, input_binarizer: Any, scale: Any) -> None:
+        self.register_module("weight_binarizer", get_binarizer(weight_binarizer))
+        self.register_module("input_binarizer", get_binarizer(input_binarizer))
+        self.register_module("scale", get_scale(scale, weight=self.weight))
+        self.register_module("method_state", None)
+        self.method_name: str | None = None
+
+    @property
+    def num_input_channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_output_channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def weight_bits(self) -> int:
+        """1 if the weight is binarized, else 32."""
+        return 1 if self.weight_binarizer is not None else 32
+
+    @property
+    def input_bits(self) -> int:
+        """1 if the input is binarized, else 32."""
+        return 1 if self.input_binarizer is not None else 32
+
+    def binarized_weight(self) -> Tensor:
+        """The weight the layer really uses: ``scale(W) * weight_binarizer(W)``."""
+        w = self.weight
+        b = w if self.weight_binarizer is None else self.weight_binarizer(w)
+        return b if self.scale is None else self.scale.scale_weight(b, w)
+
+    def binarized_input(self, x: Tensor) -> Tensor:
+        """What the input becomes before the product: ``input_binarizer(x)`` or ``x``."""
+        return x if self.input_binarizer is None else self.input_binarizer(x)
+
+    def _binary_repr(self) -> str:
+        parts = [f"W{self.weight_bits}A{self.input_bits}"]
+        if self.method_name is not None:
+            parts.append(f"method={self.method_name!r}")
+        return ", ".join(parts)
+
+
+class BinaryConv2d(nn.Conv2d, BinaryLayer):
+    """``nn.Conv2d`` with binarized weights and/or inputs.
+
+    Args: those of ``nn.Conv2d``, plus keyword-only ``weight_binarizer``, ``input_binarizer``
+    (names from :func:`bnnkit.binarize.list_binarizers`, modules, or ``None``) and ``scale``
+    (``"none"``, ``"mean_abs"``, ``"learnable"``, a :class:`~bnnkit.binarize.Scale`, or ``None``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        weight_binarizer: str | nn.Module | None = None,
+        input_binarizer: str | nn.Module | None = None,
+        scale: str | Scale | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype,
+        )  # fmt: skip
+        self._init_binary(weight_binarizer, input_binarizer, scale)
+
+    @property
+    def num_input_channels(self) -> int:
+        """Channels of the input (``in_channels``): the size of per-channel input parameters."""
+        return self.in_channels
+
+    @property
+    def num_output_channels(self) -> int:
+        """Output channels (``out_channels``): the size of per-channel weight scales."""
+        return self.out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.binarized_input(x), self.binarized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._binary_repr()}"
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d) -> BinaryConv2d:
+        """A ``BinaryConv2d`` (no binarizers yet) sharing ``conv``'s weight and bias Parameters."""
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta",
+        )  # fmt: skip
+        new.weight, new.bias = conv.weight, conv.bias
+        return new.train(conv.training)
+
+    def to_float(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` sharing this layer's weight and bias Parameters."""
+        new = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+            self.dilation, self.groups, self.bias is not None, self.padding_mode, device="meta",
+        )  # fmt: skip
+        new.weight, new.bias = self.weight, self.bias
+        return new.train(self.training)
+
+
+class BinaryLinear(nn.Linear, BinaryLayer):
+    """``nn.Linear`` with binarized weights and/or inputs (keywords as :class:`BinaryConv2d`)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        weight_binarizer: str | nn.Module | None = None,
+        input_binarizer: str | nn.Module | None = None,
+        scale: str | Scale | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._init_binary(weight_binarizer, input_binarizer, scale)
+
+    @property
+    def num_input_channels(self) -> int:
+        """Input features (``in_features``): the size of per-channel input parameters."""
+        return self.in_features
+
+    @property
+    def num_output_channels(self) -> int:
+        """Output features (``out_features``): the size of per-channel weight scales."""
+        return self.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.binarized_input(x), self.binarized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._binary_repr()}"
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> BinaryLinear:
+        """A ``BinaryLinear`` (no binarizers yet) sharing ``linear``'s Parameters."""
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        new.weight, new.bias = linear.weight, linear.bias
+        return new.train(linear.training)
+
+    def to_float(self) -> nn.Linear:
+        """A plain ``nn.Linear`` sharing this layer's weight and bias Parameters."""
+        new = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
+        new.weight, new.bias = self.weight, self.bias
+        return new.train(self.training)
+
+
+def is_binary_layer(module: nn.Module) -> bool:
+    """True for :class:`BinaryConv2d` and :class:`BinaryLinear` (and subclasses)."""
+    return isinstance(module, BinaryLayer)
+
+
+__all__ = ["BinaryConv2d", "BinaryLayer", "BinaryLinear", "is_binary_layer"]

@@ -1,0 +1,67 @@
+"""ReActNet's learnable shifts: ``LearnableBias``, ``RSign`` and ``RPReLU``.
+
+Liu et al., "ReActNet: Towards Precise Binary Neural Network with Generalized Activation
+Functions", ECCV 2020. Per-channel parameters act on dim 1 (``(N, C, ...)`` inputs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bnnkit.binarize import approx_sign
+
+
+def _channel_view(p: Tensor, x: Tensor) -> Tensor:
+    return p.view(1, -1, *([1] * (x.ndim - 2)))
+
+
+class LearnableBias(nn.Module):
+    r"""Adds a learnable per-channel bias: :math:`y = x + b_c` (``b`` initialised to 0)."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + _channel_view(self.bias, x)
+
+    def extra_repr(self) -> str:
+        return f"num_channels={self.bias.numel()}"
+
+
+class RSign(nn.Module):
+    r"""ReAct-Sign: sign with a learnable per-channel threshold, used as an input binarizer.
+
+    Forward :math:`\mathrm{sign}(x + b_c)` (threshold :math:`\alpha_c = -b_c`, ``b`` init 0);
+    backward ApproxSign :math:`\max(0, 2 - 2|x + b_c|)` (ReActNet ``move0`` + ``BinaryActivation``).
+    """
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return approx_sign(x + _channel_view(self.bias, x))
+
+    def extra_repr(self) -> str:
+        return f"num_channels={self.bias.numel()}"
+
+
+class RPReLU(nn.Module):
+    r"""ReAct-PReLU: :math:`f(x) = \mathrm{PReLU}_{\beta_c}(x - \gamma_c) + \zeta_c`.
+
+    That is :math:`x - \gamma_c + \zeta_c` for :math:`x > \gamma_c`, else
+    :math:`\beta_c(x - \gamma_c) + \zeta_c`. Implemented as ReActNet's ``move1`` (bias
+    :math:`-\gamma`, init 0) -> ``PReLU`` (slope :math:`\beta`, init 0.25) -> ``move2``
+    (bias :math:`\zeta`, init 0).
+    """
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.shift_in = LearnableBias(num_channels)
+        self.prelu = nn.PReLU(num_channels)
+        self.shift_out = LearnableBias(num_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shift_out(self.prelu(self.shift_in(x)))
