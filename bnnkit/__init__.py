@@ -1,0 +1,40 @@
+"""bnnkit: train, diagnose and ship accurate binary neural networks with PyTorch.
+
+Public API::
+
+    import bnnkit
+    bnnkit.list_models(); bnnkit.list_methods()
+    model = bnnkit.create_model("resnet20", num_classes=10)
+    bnnkit.binarize_(model, bnnkit.get_method("reactnet"))
+    bnnkit.summary(model, input_size=(3, 32, 32))
+"""
+
+from bnnkit._version import __version__
+from bnnkit.diagnostics import ModelSummary, summary
+from bnnkit.methods import (
+    Method,
+    TrainState,
+    binarize_,
+    binary_layers,
+    get_method,
+    list_methods,
+    register_method,
+)
+from bnnkit.models import create_model, list_models, model_info, register_model
+
+__all__ = [
+    "Method",
+    "ModelSummary",
+    "TrainState",
+    "__version__",
+    "binarize_",
+    "binary_layers",
+    "create_model",
+    "get_method",
+    "list_methods",
+    "list_models",
+    "model_info",
+    "register_method",
+    "register_model",
+    "summary",
+]

@@ -1,0 +1,42 @@
+"""``bnnkit list models|methods|binarizers``."""
+
+from __future__ import annotations
+
+import argparse
+
+from bnnkit.binarize import list_binarizers
+from bnnkit.methods import get_method, list_methods
+from bnnkit.models import list_models, model_info
+
+WHAT = ("models", "methods", "binarizers")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list registered models, methods or binarizers")
+    p.add_argument("what", choices=WHAT, help="what to list")
+    p.set_defaults(run=run)
+
+
+def _first_line(obj: object) -> str:
+    """The docstring's first sentence, on one line."""
+    paragraph = (obj.__doc__ or "").strip().split("\n\n")[0]
+    text = " ".join(paragraph.split())
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        for name in list_models():
+            info = model_info(name)
+            size = "x".join(map(str, info.input_size))
+            print(f"{name:20s} {info.dataset:9s} input {size:10s} {_first_line(info.fn)}")
+    elif args.what == "methods":
+        for name in list_methods():
+            method = get_method(name)
+            fields = ", ".join(f"{k}={v!r}" for k, v in method.fields().items())
+            print(f"{name:10s} {_first_line(type(method))}" + (f"  [{fields}]" if fields else ""))
+    else:
+        for name in list_binarizers():
+            print(name)
+    return 0

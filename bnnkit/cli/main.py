@@ -1,0 +1,54 @@
+"""``bnnkit`` command line: thin argparse wrappers over library functions.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bnnkit._version import __version__
+from bnnkit.cli import listing, summary_cmd
+
+COMMANDS = (listing, summary_cmd)
+
+
+class CLIError(Exception):
+    """A user error: printed as ``bnnkit: error: ...`` with exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnnkit",
+        description="Train, diagnose and ship binary neural networks (1-bit weights and "
+        "activations) with PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"bnnkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except (CLIError, ValueError) as err:
+        print(f"bnnkit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""A small binary MLP for the bundled digits data set (and any flat input)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from bnnkit.models.registry import register_model
+from bnnkit.nn import BinaryLinear
+
+
+class MLP(nn.Module):
+    """Flatten -> Linear (FP) -> BN -> hardtanh -> ``depth`` x [BinaryLinear -> BN -> hardtanh]
+    -> Linear (FP)."""
+
+    def __init__(self, num_classes: int, in_features: int, hidden: int, depth: int) -> None:
+        super().__init__()
+        if depth < 1 or hidden < 1 or in_features < 1:
+            raise ValueError(f"mlp needs depth, hidden, in_features >= 1; got {depth}, {hidden}, "
+                             f"{in_features}")  # fmt: skip
+        self.flatten = nn.Flatten()
+        self.fc_in = nn.Linear(in_features, hidden)
+        self.bn_in = nn.BatchNorm1d(hidden)
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [BinaryLinear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.Hardtanh()]
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.hardtanh(self.bn_in(self.fc_in(self.flatten(x))))
+        return self.fc(self.body(x))
+
+
+@register_model(input_size=(64,), num_classes=10, dataset="digits")
+def mlp(num_classes: int = 10, in_features: int = 64, hidden: int = 256, depth: int = 2) -> MLP:
+    """Binary MLP: FP input layer, ``depth`` binary hidden layers of width ``hidden``, FP output.
+
+    Defaults fit the 8x8 UCI digits (64 features) bundled with scikit-learn.
+    """
+    return MLP(num_classes, in_features, hidden, depth)

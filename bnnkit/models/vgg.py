@@ -1,0 +1,67 @@
+"""VGG-Small for CIFAR (ReCU / IR-Net / OvSW code), 5 binary convs."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from bnnkit.models.common import binary_conv3x3, check_choice
+from bnnkit.models.registry import register_model
+
+
+class VGGSmall(nn.Module):
+    """``conv0 (FP) -> BN -> hardtanh``, five binary stages, flatten -> FC (FP).
+
+    Stage order is conv -> [maxpool] -> BN -> activation (pool *before* BN, as in the code).
+    """
+
+    CFG = ((128, 128, True), (128, 256, False), (256, 256, True), (256, 512, False),
+           (512, 512, True))  # fmt: skip
+
+    def __init__(self, num_classes: int = 10, last_activation: str = "hardtanh") -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 128, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(128)
+        self.act0 = nn.Hardtanh()
+        stages = []
+        for i, (cin, cout, pool) in enumerate(self.CFG):
+            last = i == len(self.CFG) - 1
+            act = nn.PReLU(cout) if (last and last_activation == "prelu") else nn.Hardtanh()
+            parts = [binary_conv3x3(cin, cout)]
+            if pool:
+                parts.append(nn.MaxPool2d(2))
+            parts += [nn.BatchNorm2d(cout), act]
+            stages.append(nn.Sequential(*parts))
+        self.features = nn.Sequential(*stages)
+        self.fc = nn.Linear(512 * 4 * 4, num_classes)
+        self._init()
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act0(self.bn0(self.conv0(x)))
+        return self.fc(self.features(x).flatten(1))
+
+
+@register_model(input_size=(3, 32, 32), num_classes=10, dataset="cifar")
+def vgg_small(num_classes: int = 10, last_activation: str = "hardtanh") -> VGGSmall:
+    """VGG-Small (5 binary 3x3 convs 128-128-256-256-512-512), 32x32 input.
+
+    Init: conv N(0, 2/(k^2 C_out)), BN 1/0, FC N(0, 0.01^2) with zero bias.
+
+    Args:
+        last_activation: ``"hardtanh"`` (ReCU) or ``"prelu"`` (OvSW: PReLU(512) after bn5).
+    """
+    check_choice("last_activation", last_activation, ("hardtanh", "prelu"))
+    return VGGSmall(num_classes, last_activation)
