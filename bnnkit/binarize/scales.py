@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from bnnkit._registry import Registry
 from bnnkit.binarize.functional import channel_mean_abs
 
-SCALES: Registry[Callable[..., "Scale"]] = Registry("scale")
+SCALES: Registry[Callable[..., Scale]] = Registry("scale")
 
 
 def _broadcast_shape(weight: Tensor) -> tuple[int, ...]:
@@ -100,7 +100,9 @@ def _mean_abs(weight: Tensor | None = None) -> MeanAbsScale:
 
 def _learnable(weight: Tensor | None = None) -> LearnableScale:
     if weight is None:
-        raise ValueError("scale 'learnable' needs the layer weight: get_scale('learnable', weight=W)")
+        raise ValueError(
+            "scale 'learnable' needs the layer weight: get_scale('learnable', weight=W)"
+        )
     return LearnableScale(weight.shape[0], "mean_abs", weight)
 
 

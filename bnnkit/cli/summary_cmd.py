@@ -14,7 +14,9 @@ def _size(text: str) -> tuple[int, ...]:
     try:
         size = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"input size must look like 3,32,32, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"input size must look like 3,32,32, got {text!r}"
+        ) from None
     if not size or min(size) < 1:
         raise argparse.ArgumentTypeError(f"input size must be positive, got {text!r}")
     return size
@@ -29,8 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model name (see `bnnkit list models`)")
     p.add_argument("--method", default="ste", help="binarization method (default: ste, W1A1)")
     p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's)")
-    p.add_argument("--input-size", type=_size, default=None,
-                   help="one sample's shape, e.g. 3,224,224 (default: the model's)")  # fmt: skip
+    p.add_argument(
+        "--input-size",
+        type=_size,
+        default=None,
+        help="one sample's shape, e.g. 3,224,224 (default: the model's)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(run=run)
 

@@ -65,9 +65,18 @@ class ModelSummary:
     totals: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
-        s = {k: sum(getattr(layer, k) for layer in self.layers)
-             for k in ("binary_params", "float_params", "macs", "bops", "flops",
-                       "trained_bytes", "deployed_bytes")}  # fmt: skip
+        s = {
+            k: sum(getattr(layer, k) for layer in self.layers)
+            for k in (
+                "binary_params",
+                "float_params",
+                "macs",
+                "bops",
+                "flops",
+                "trained_bytes",
+                "deployed_bytes",
+            )
+        }
         s["float_params"] += self.other_params
         s["trained_bytes"] += 4 * self.other_params
         s["deployed_bytes"] += 4 * self.other_params
@@ -87,8 +96,9 @@ class ModelSummary:
         return {
             "title": self.title,
             "input_size": list(self.input_size),
-            "layers": [{**asdict(layer), "output_shape": list(layer.output_shape)}
-                       for layer in self.layers],  # fmt: skip
+            "layers": [
+                {**asdict(layer), "output_shape": list(layer.output_shape)} for layer in self.layers
+            ],
             "other_params": self.other_params,
             "totals": dict(self.totals),
         }
@@ -100,7 +110,9 @@ class ModelSummary:
 def _layer_params(module: nn.Module) -> tuple[int, int, int]:
     """(binary, float, scale) parameter counts of one conv/linear module."""
     total = sum(p.numel() for p in module.parameters())
-    binary = module.weight.numel() if isinstance(module, BinaryLayer) and module.weight_bits == 1 else 0
+    binary = (
+        module.weight.numel() if isinstance(module, BinaryLayer) and module.weight_bits == 1 else 0
+    )
     scale = 0
     if isinstance(module, BinaryLayer) and module.scale is not None:
         scale = sum(p.numel() for p in module.scale.parameters())
@@ -127,8 +139,20 @@ def _summarize_layer(name: str, module: nn.Module, out_shape: tuple[int, ...]) -
     else:
         deployed = 4 * (binary + floats)
     kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
-    return LayerSummary(name, kind, out_shape, in_bits, w_bits, binary, floats, macs, bops,
-                        macs - bops, 4 * (binary + floats), deployed)  # fmt: skip
+    return LayerSummary(
+        name,
+        kind,
+        out_shape,
+        in_bits,
+        w_bits,
+        binary,
+        floats,
+        macs,
+        bops,
+        macs - bops,
+        4 * (binary + floats),
+        deployed,
+    )
 
 
 def summary(
@@ -151,7 +175,9 @@ def summary(
         print_table: also print the table.
     """
     if not input_size or not all(isinstance(d, int) and d > 0 for d in input_size):
-        raise ValueError(f"input_size must be positive ints without the batch dim, got {input_size}")
+        raise ValueError(
+            f"input_size must be positive ints without the batch dim, got {input_size}"
+        )
     ref = next(iter(model.parameters()), None)
     device = device or (ref.device if ref is not None else "cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
@@ -199,23 +225,71 @@ def _bytes(n: float) -> str:
 
 def format_table(s: ModelSummary) -> str:
     """The printed form of a :class:`ModelSummary`."""
-    head = ("layer", "kind", "in/w bits", "1-bit params", "32-bit params", "MACs", "BOPs",
-            "FLOPs", "trained", "deployed")  # fmt: skip
+    head = (
+        "layer",
+        "kind",
+        "in/w bits",
+        "1-bit params",
+        "32-bit params",
+        "MACs",
+        "BOPs",
+        "FLOPs",
+        "trained",
+        "deployed",
+    )
     rows = [head]
     for layer in s.layers:
-        rows.append((layer.name, layer.kind, f"{layer.input_bits}/{layer.weight_bits}",
-                     _human(layer.binary_params), _human(layer.float_params), _human(layer.macs),
-                     _human(layer.bops), _human(layer.flops), _bytes(layer.trained_bytes),
-                     _bytes(layer.deployed_bytes)))  # fmt: skip
-    rows.append(("(other: BN, PReLU...)", "", "32", "0", _human(s.other_params), "", "", "",
-                 _bytes(4 * s.other_params), _bytes(4 * s.other_params)))  # fmt: skip
+        rows.append(
+            (
+                layer.name,
+                layer.kind,
+                f"{layer.input_bits}/{layer.weight_bits}",
+                _human(layer.binary_params),
+                _human(layer.float_params),
+                _human(layer.macs),
+                _human(layer.bops),
+                _human(layer.flops),
+                _bytes(layer.trained_bytes),
+                _bytes(layer.deployed_bytes),
+            )
+        )
+    rows.append(
+        (
+            "(other: BN, PReLU...)",
+            "",
+            "32",
+            "0",
+            _human(s.other_params),
+            "",
+            "",
+            "",
+            _bytes(4 * s.other_params),
+            _bytes(4 * s.other_params),
+        )
+    )
     t = s.totals
-    rows.append(("total", "", "", _human(t["binary_params"]), _human(t["float_params"]),
-                 _human(t["macs"]), _human(t["bops"]), _human(t["flops"]),
-                 _bytes(t["trained_bytes"]), _bytes(t["deployed_bytes"])))  # fmt: skip
+    rows.append(
+        (
+            "total",
+            "",
+            "",
+            _human(t["binary_params"]),
+            _human(t["float_params"]),
+            _human(t["macs"]),
+            _human(t["bops"]),
+            _human(t["flops"]),
+            _bytes(t["trained_bytes"]),
+            _bytes(t["deployed_bytes"]),
+        )
+    )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
-    fmt = lambda r: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)  # noqa: E731
-                              for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # fmt: skip
+
+    def fmt(r):
+        return "  ".join(
+            str(c).ljust(w) if i < 2 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
     rule = "-" * len(fmt(head))
     lines = [f"{s.title} summary, input {tuple(s.input_size)}", rule, fmt(head), rule]
     lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1]), rule]

@@ -105,7 +105,9 @@ class Method:
     def on_step_start(self, layers: LayerList, state: TrainState) -> None:
         """Top of each step: write schedules in place into 0-d buffers."""
 
-    def extra_losses(self, layers: LayerList, outputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    def extra_losses(
+        self, layers: LayerList, outputs: Tensor, targets: Tensor
+    ) -> dict[str, Tensor]:
         """Differentiable extra loss terms, added to the task loss and logged by name."""
         return {}
 
@@ -222,4 +224,3 @@ def check_ordered(method: Method, low_field: str, high_field: str) -> None:
         raise ValueError(
             f"{method.name}: {low_field} ({lo!r}) must not exceed {high_field} ({hi!r})"
         )
-

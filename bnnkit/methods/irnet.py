@@ -10,8 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from bnnkit.binarize import EDESign, Scale, channel_mean_abs, ede_sign, standardize
-from bnnkit.methods.base import LayerList, Method, TrainState, check_ordered, check_range
-from bnnkit.methods.base import register_method
+from bnnkit.methods.base import (
+    LayerList,
+    Method,
+    TrainState,
+    check_ordered,
+    check_range,
+    register_method,
+)
 from bnnkit.nn import BinaryLayer
 
 
@@ -37,7 +43,9 @@ class LibraPBSign(EDESign):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        return ede_sign(standardize(x, eps=0.0, unbiased=True), self.t.to(x.dtype), self.k.to(x.dtype))
+        return ede_sign(
+            standardize(x, eps=0.0, unbiased=True), self.t.to(x.dtype), self.k.to(x.dtype)
+        )
 
 
 class PowerOfTwoScale(Scale):

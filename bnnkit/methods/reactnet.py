@@ -9,16 +9,27 @@ from torch import nn
 
 from bnnkit.binarize import ClippedSTESign, MeanAbsScale, Scale
 from bnnkit.methods.base import Method, check_choice, register_method
-from bnnkit.nn import BinaryLayer, RSign
+from bnnkit.nn import BinaryLayer, LearnableBias, RSign
 
 
 def react_param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """ReActNet's Adam groups: 4-D parameters or names containing ``conv`` are decayed, the
-    rest (BN, biases, PReLU, RSign shifts, scales) get weight decay 0."""
+    """ReActNet's Adam groups: 4-D parameters or names containing ``conv`` are decayed; the
+    rest (BN, PReLU slopes, the FC, scales) get weight decay 0.
+
+    The learnable shifts (``LearnableBias``, ``RSign``) are decayed too: the official code
+    stores them with shape ``(1, C, 1, 1)``, i.e. 4-D, where bnnkit stores ``(C,)``.
+    """
+    shifts = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, (LearnableBias, RSign))
+        for p in m.parameters()
+    }
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim == 4 or "conv" in name else no_decay).append(p)
+            decayed = p.ndim == 4 or "conv" in name or id(p) in shifts
+            (decay if decayed else no_decay).append(p)
     return [
         {"name": "decay", "params": decay},
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},

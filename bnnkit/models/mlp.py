@@ -15,14 +15,19 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int, in_features: int, hidden: int, depth: int) -> None:
         super().__init__()
         if depth < 1 or hidden < 1 or in_features < 1:
-            raise ValueError(f"mlp needs depth, hidden, in_features >= 1; got {depth}, {hidden}, "
-                             f"{in_features}")  # fmt: skip
+            raise ValueError(
+                f"mlp needs depth, hidden, in_features >= 1; got {depth}, {hidden}, {in_features}"
+            )
         self.flatten = nn.Flatten()
         self.fc_in = nn.Linear(in_features, hidden)
         self.bn_in = nn.BatchNorm1d(hidden)
         layers: list[nn.Module] = []
         for _ in range(depth):
-            layers += [BinaryLinear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.Hardtanh()]
+            layers += [
+                BinaryLinear(hidden, hidden, bias=False),
+                nn.BatchNorm1d(hidden),
+                nn.Hardtanh(),
+            ]
         self.body = nn.Sequential(*layers)
         self.fc = nn.Linear(hidden, num_classes)
 

@@ -135,7 +135,12 @@ def resnet18_cifar(num_classes: int = 10, variant: str = "recu") -> CifarResNet:
     check_choice("variant", variant, ("recu", "ovsw"))
     if variant == "ovsw":
         return CifarResNet(
-            "basic", [2, 2, 2, 2], [64, 128, 256, 512], num_classes, False, "bn2d_conv",
+            "basic",
+            [2, 2, 2, 2],
+            [64, 128, 256, 512],
+            num_classes,
+            False,
+            "bn2d_conv",
             shortcut="binary_conv",
-        )  # fmt: skip
+        )
     return CifarResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], num_classes, False, "bn1d")

@@ -16,8 +16,13 @@ class VGGSmall(nn.Module):
     Stage order is conv -> [maxpool] -> BN -> activation (pool *before* BN, as in the code).
     """
 
-    CFG = ((128, 128, True), (128, 256, False), (256, 256, True), (256, 512, False),
-           (512, 512, True))  # fmt: skip
+    CFG = (
+        (128, 128, True),
+        (128, 256, False),
+        (256, 256, True),
+        (256, 512, False),
+        (512, 512, True),
+    )
 
     def __init__(self, num_classes: int = 10, last_activation: str = "hardtanh") -> None:
         super().__init__()

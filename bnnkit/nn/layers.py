@@ -109,9 +109,18 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
         scale: str | Scale | None = None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
-        )  # fmt: skip
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
         self._init_binary(weight_binarizer, input_binarizer, scale)
 
     @property
@@ -134,18 +143,34 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
     def from_float(cls, conv: nn.Conv2d) -> BinaryConv2d:
         """A ``BinaryConv2d`` (no binarizers yet) sharing ``conv``'s weight and bias Parameters."""
         new = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta",
-        )  # fmt: skip
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+        )
         new.weight, new.bias = conv.weight, conv.bias
         return new.train(conv.training)
 
     def to_float(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` sharing this layer's weight and bias Parameters."""
         new = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-            self.dilation, self.groups, self.bias is not None, self.padding_mode, device="meta",
-        )  # fmt: skip
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+            device="meta",
+        )
         new.weight, new.bias = self.weight, self.bias
         return new.train(self.training)
 

@@ -1,0 +1,63 @@
+"""The ``bnnkit`` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bnnkit.cli.main import main
+
+
+def test_list_models_and_methods(capsys):
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out and "reactnet_a" in out
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "irnet" in out and "t_min=0.001" in out
+    assert main(["list", "binarizers"]) == 0
+    assert "approx_sign" in capsys.readouterr().out
+
+
+def test_summary_table_and_json(capsys):
+    assert main(["summary", "resnet20", "--method", "xnor"]) == 0
+    out = capsys.readouterr().out
+    assert "layers.0.conv1" in out and "OPs = FLOPs + BOPs/64" in out
+    assert main(["summary", "mlp", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["binary_params"] == 2 * 256 * 256
+
+
+def test_summary_input_size_and_num_classes(capsys):
+    assert (
+        main(["summary", "resnet18", "--input-size", "3,64,64", "--num-classes", "10", "--json"])
+        == 0
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert data["input_size"] == [3, 64, 64]
+    assert data["layers"][-1]["output_shape"] == [10]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["summary", "resnet21"], "unknown model 'resnet21'"),
+        (["summary", "resnet20", "--method", "bnn"], "unknown method 'bnn'"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnnkit", "list", "methods"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and "reactnet" in proc.stdout
