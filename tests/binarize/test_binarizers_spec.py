@@ -112,9 +112,7 @@ def test_clipped_ste_grad_default_clip_boundary_included():
 
 def test_clipped_ste_grad_custom_clip_value():
     x = t64([-0.6, -0.5, 0.0, 0.5, 0.51, 1.0])
-    assert_exact(
-        clipped_ste_grad(x, clip_value=0.5).to(D), t64([0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
-    )
+    assert_exact(clipped_ste_grad(x, clip_value=0.5).to(D), t64([0.0, 1.0, 1.0, 1.0, 0.0, 0.0]))
     # clip_value 2: everything within [-2, 2] passes, including both ends.
     x = t64([-2.5, -2.0, 1.9, 2.0, 2.01])
     assert_exact(clipped_ste_grad(x, clip_value=2.0).to(D), t64([0.0, 1.0, 1.0, 1.0, 0.0]))
@@ -202,7 +200,9 @@ def test_grad_functions_match_numpy_on_random_inputs():
     np.testing.assert_allclose(
         ede_grad(x, 3.0, 0.25).numpy(), _np_ede(xn, 3.0, 0.25), rtol=1e-10, atol=1e-12
     )
-    np.testing.assert_allclose(swish_sign_grad(x).numpy(), _np_swish_grad(xn), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        swish_sign_grad(x).numpy(), _np_swish_grad(xn), rtol=1e-9, atol=1e-12
+    )
     np.testing.assert_allclose(
         swish_sign_grad(x, beta=1.5).numpy(), _np_swish_grad(xn, 1.5), rtol=1e-9, atol=1e-12
     )
@@ -253,7 +253,7 @@ DIFFERENTIABLE = [
 def test_differentiable_binarizer_forward_and_backward_literals(name, fn, cls, sur):
     y, grad = _fwd_bwd(fn, X_POINTS, G_POINTS)
     assert_exact(y, t64(SIGN_POINTS))
-    expected = t64([s * g for s, g in zip(sur, G_POINTS)])
+    expected = t64([s * g for s, g in zip(sur, G_POINTS, strict=True)])
     assert_close64(grad, expected)
     # module version computes the same thing
     y_m, grad_m = _fwd_bwd(cls(), X_POINTS, G_POINTS)
@@ -317,7 +317,7 @@ def test_swish_sign_forward_is_sign_and_backward_literals():
     for f in (swish_sign, SwishSign()):
         y, grad = _fwd_bwd(f, [0.0, 0.2, -0.2, 0.5], g)
         assert_exact(y, t64([1.0, 1.0, -1.0, 1.0]))
-        assert_close64(grad, t64([s * gg for s, gg in zip(sur, g)]), tol=1e-10)
+        assert_close64(grad, t64([s * gg for s, gg in zip(sur, g, strict=True)]), tol=1e-10)
 
 
 def test_binarizers_work_in_float32():
@@ -369,7 +369,7 @@ def test_ede_module_backward_follows_buffers_written_in_place():
         m.k.fill_(3.0)
     _, grad2 = _fwd_bwd(m, x_vals, g)
     # 3 * 1 * (1 - tanh(x)^2) * g
-    exp2 = [3.0 * (1.0 - math.tanh(v) ** 2) * gg for v, gg in zip(x_vals, g)]
+    exp2 = [3.0 * (1.0 - math.tanh(v) ** 2) * gg for v, gg in zip(x_vals, g, strict=True)]
     assert_close64(grad2, t64(exp2))
     assert exp2[0] == 3.0  # sanity: differs from the first backward (1.0)
 

@@ -85,19 +85,41 @@ def model_a() -> nn.Module:
 #   trained = 4 * 288 = 1152
 #   deployed = 8 * ceil(36/64)=1 * 8 = 64  + 4*8 = 32  + 0  = 96
 A_CONV = dict(
-    input_bits=1, weight_bits=1, binary_params=288, float_params=0, macs=7200, bops=7200,
-    flops=0, trained_bytes=1152, deployed_bytes=96,
+    input_bits=1,
+    weight_bits=1,
+    binary_params=288,
+    float_params=0,
+    macs=7200,
+    bops=7200,
+    flops=0,
+    trained_bytes=1152,
+    deployed_bytes=96,
 )
 # head: Linear(200, 10): params 2000 + 10 = 2010 ; macs 2000 ; trained = deployed = 8040
 A_HEAD = dict(
-    input_bits=32, weight_bits=32, binary_params=0, float_params=2010, macs=2000, bops=0,
-    flops=2000, trained_bytes=8040, deployed_bytes=8040,
+    input_bits=32,
+    weight_bits=32,
+    binary_params=0,
+    float_params=2010,
+    macs=2000,
+    bops=0,
+    flops=2000,
+    trained_bytes=8040,
+    deployed_bytes=8040,
 )
 # totals: params 288 + 2010 = 2298 ; macs 9200 ; ops = 2000 + 7200/64 = 2000 + 112.5 = 2112.5
 #         trained 4*2298 = 9192 ; deployed 96 + 8040 = 8136 ; compression 9192/8136
 A_TOTALS = dict(
-    total_params=2298, binary_params=288, float_params=2010, macs=9200, bops=7200, flops=2000,
-    ops=2112.5, trained_bytes=9192, deployed_bytes=8136, compression=9192 / 8136,
+    total_params=2298,
+    binary_params=288,
+    float_params=2010,
+    macs=9200,
+    bops=7200,
+    flops=2000,
+    ops=2112.5,
+    trained_bytes=9192,
+    deployed_bytes=8136,
+    compression=9192 / 8136,
 )
 
 
@@ -140,8 +162,16 @@ def test_summary_counts_per_sample_not_per_batch():
     # input_size excludes the batch: a (4, 5, 5) input is one sample; a different spatial size
     # changes the conv MACs: (4, 3, 3) -> output 8*3*3 = 72 elements * 36 = 2592
     m = nn.Sequential(
-        BinaryConv2d(4, 8, 3, padding=1, bias=False, weight_binarizer="clipped_ste",
-                     input_binarizer="approx_sign", scale="mean_abs")
+        BinaryConv2d(
+            4,
+            8,
+            3,
+            padding=1,
+            bias=False,
+            weight_binarizer="clipped_ste",
+            input_binarizer="approx_sign",
+            scale="mean_abs",
+        )
     )
     s = bnnkit.summary(m, (4, 3, 3))
     assert s.layers[0].macs == 2592
@@ -171,12 +201,21 @@ def model_b() -> nn.Module:
             ),
             bn=nn.BatchNorm2d(4),
             conv2=BinaryConv2d(
-                4, 6, 1, bias=False, weight_binarizer="clipped_ste", input_binarizer=None,
+                4,
+                6,
+                1,
+                bias=False,
+                weight_binarizer="clipped_ste",
+                input_binarizer=None,
                 scale="mean_abs",
             ),
             flat=nn.Flatten(),
             fc=BinaryLinear(
-                54, 5, bias=True, weight_binarizer="ste_sign", input_binarizer="approx_sign",
+                54,
+                5,
+                bias=True,
+                weight_binarizer="ste_sign",
+                input_binarizer="approx_sign",
                 scale=None,
             ),
         )
@@ -190,8 +229,15 @@ def model_b() -> nn.Module:
 #   trained = 4 * (288 + 8) = 1184
 #   deployed = 4*2*8 = 64  + 4*4 = 16  + 4 * bias 4 = 16  -> 96  (alpha is the scale's param)
 B_CONV1 = dict(
-    input_bits=1, weight_bits=1, binary_params=288, float_params=8, macs=2592, bops=2592,
-    flops=0, trained_bytes=1184, deployed_bytes=96,
+    input_bits=1,
+    weight_bits=1,
+    binary_params=288,
+    float_params=8,
+    macs=2592,
+    bops=2592,
+    flops=0,
+    trained_bytes=1184,
+    deployed_bytes=96,
 )
 # bn: BatchNorm2d(4) -> 8 params outside conv/linear layers
 # conv2, input (4, 3, 3), 1x1, binary weight / float input: out (6, 3, 3) = 54
@@ -199,23 +245,45 @@ B_CONV1 = dict(
 #   binary_params = 6*4 = 24 ; float 0 ; trained 96
 #   deployed = 6 * ceil(4/64)=1 * 8 = 48 + 4*6 = 24 + 0 -> 72
 B_CONV2 = dict(
-    input_bits=32, weight_bits=1, binary_params=24, float_params=0, macs=216, bops=0,
-    flops=216, trained_bytes=96, deployed_bytes=72,
+    input_bits=32,
+    weight_bits=1,
+    binary_params=24,
+    float_params=0,
+    macs=216,
+    bops=0,
+    flops=216,
+    trained_bytes=96,
+    deployed_bytes=72,
 )
 # fc: BinaryLinear(54, 5), binary both, no scale
 #   macs = 54*5 = 270 = bops ; binary 270 ; float = bias 5 ; trained 4*275 = 1100
 #   deployed = 5 * ceil(54/64)=1 * 8 = 40  + 4*5 = 20  + 4*5 (bias) = 20 -> 80
 B_FC = dict(
-    input_bits=1, weight_bits=1, binary_params=270, float_params=5, macs=270, bops=270,
-    flops=0, trained_bytes=1100, deployed_bytes=80,
+    input_bits=1,
+    weight_bits=1,
+    binary_params=270,
+    float_params=5,
+    macs=270,
+    bops=270,
+    flops=0,
+    trained_bytes=1100,
+    deployed_bytes=80,
 )
 # totals: params 296 + 8 + 24 + 275 = 603 ; binary 288 + 24 + 270 = 582 ; float 8 + 8 + 5 = 21
 #   macs 2592 + 216 + 270 = 3078 ; bops 2592 + 270 = 2862 ; flops 216
 #   ops = 216 + 2862/64 = 216 + 44.71875 = 260.71875
 #   trained = 4*603 = 2412 ; deployed = 96 + 72 + 80 + 4*8 (bn) = 280 ; compression 2412/280
 B_TOTALS = dict(
-    total_params=603, binary_params=582, float_params=21, macs=3078, bops=2862, flops=216,
-    ops=260.71875, trained_bytes=2412, deployed_bytes=280, compression=2412 / 280,
+    total_params=603,
+    binary_params=582,
+    float_params=21,
+    macs=3078,
+    bops=2862,
+    flops=216,
+    ops=260.71875,
+    trained_bytes=2412,
+    deployed_bytes=280,
+    compression=2412 / 280,
 )
 
 
@@ -249,8 +317,15 @@ def model_c() -> nn.Module:
         OrderedDict(
             stem=nn.Conv2d(3, 8, 3, stride=2, padding=1),
             gconv=BinaryConv2d(
-                8, 8, 3, padding=1, groups=2, bias=False, weight_binarizer="clipped_ste",
-                input_binarizer="approx_sign", scale="mean_abs",
+                8,
+                8,
+                3,
+                padding=1,
+                groups=2,
+                bias=False,
+                weight_binarizer="clipped_ste",
+                input_binarizer="approx_sign",
+                scale="mean_abs",
             ),
             act=nn.PReLU(8),
             pool=nn.AdaptiveAvgPool2d(1),
@@ -263,26 +338,55 @@ def model_c() -> nn.Module:
 # stem, input (3, 8, 8), k3 s2 p1: out side floor((8 + 2 - 3)/2) + 1 = 4 -> (8, 4, 4) = 128
 #   macs = 128 * 27 = 3456 ; params 8*27 + 8 = 224 ; trained = deployed = 896
 C_STEM = dict(
-    input_bits=32, weight_bits=32, binary_params=0, float_params=224, macs=3456, bops=0,
-    flops=3456, trained_bytes=896, deployed_bytes=896,
+    input_bits=32,
+    weight_bits=32,
+    binary_params=0,
+    float_params=224,
+    macs=3456,
+    bops=0,
+    flops=3456,
+    trained_bytes=896,
+    deployed_bytes=896,
 )
 # gconv, groups 2: weight (8, 4, 3, 3) = 288 ; out (8, 4, 4) = 128 ; macs = 128 * 4*9 = 4608
 #   deployed = 8 * ceil(36/64)=1 * 8 = 64 + 32 = 96 ; trained 1152
 C_GCONV = dict(
-    input_bits=1, weight_bits=1, binary_params=288, float_params=0, macs=4608, bops=4608,
-    flops=0, trained_bytes=1152, deployed_bytes=96,
+    input_bits=1,
+    weight_bits=1,
+    binary_params=288,
+    float_params=0,
+    macs=4608,
+    bops=4608,
+    flops=0,
+    trained_bytes=1152,
+    deployed_bytes=96,
 )
 # cls: BinaryLinear(8, 3) without binarizers -> a float layer: params 24 + 3 = 27 ; macs 24
 C_CLS = dict(
-    input_bits=32, weight_bits=32, binary_params=0, float_params=27, macs=24, bops=0,
-    flops=24, trained_bytes=108, deployed_bytes=108,
+    input_bits=32,
+    weight_bits=32,
+    binary_params=0,
+    float_params=27,
+    macs=24,
+    bops=0,
+    flops=24,
+    trained_bytes=108,
+    deployed_bytes=108,
 )
 # totals: params 224 + 288 + 8 (PReLU) + 27 = 547 ; binary 288 ; float 224 + 8 + 27 = 259
 #   macs 3456 + 4608 + 24 = 8088 ; bops 4608 ; flops 3480 ; ops = 3480 + 4608/64 = 3552
 #   trained 4*547 = 2188 ; deployed 896 + 96 + 4*8 + 108 = 1132 ; compression 2188/1132
 C_TOTALS = dict(
-    total_params=547, binary_params=288, float_params=259, macs=8088, bops=4608, flops=3480,
-    ops=3552.0, trained_bytes=2188, deployed_bytes=1132, compression=2188 / 1132,
+    total_params=547,
+    binary_params=288,
+    float_params=259,
+    macs=8088,
+    bops=4608,
+    flops=3480,
+    ops=3552.0,
+    trained_bytes=2188,
+    deployed_bytes=1132,
+    compression=2188 / 1132,
 )
 
 
@@ -316,8 +420,13 @@ def model_d() -> nn.Module:
     return nn.Sequential(
         OrderedDict(
             dconv=BinaryConv2d(
-                2, 3, 2, bias=True, weight_binarizer="clipped_ste",
-                input_binarizer=BiasedSign(2), scale=LearnableScale(3, init="ones"),
+                2,
+                3,
+                2,
+                bias=True,
+                weight_binarizer="clipped_ste",
+                input_binarizer=BiasedSign(2),
+                scale=LearnableScale(3, init="ones"),
             )
         )
     )
@@ -327,13 +436,28 @@ def model_d() -> nn.Module:
 #   binary = 3*8 = 24 ; float = bias 3 + input binarizer 2 + alpha 3 = 8 ; trained 4*32 = 128
 #   deployed = 3 * ceil(8/64)=1 * 8 = 24 + 4*3 = 12 + 4*(3 + 2) = 20 -> 56
 D_CONV = dict(
-    input_bits=1, weight_bits=1, binary_params=24, float_params=8, macs=96, bops=96,
-    flops=0, trained_bytes=128, deployed_bytes=56,
+    input_bits=1,
+    weight_bits=1,
+    binary_params=24,
+    float_params=8,
+    macs=96,
+    bops=96,
+    flops=0,
+    trained_bytes=128,
+    deployed_bytes=56,
 )
 # totals: ops = 0 + 96/64 = 1.5 ; compression 128/56
 D_TOTALS = dict(
-    total_params=32, binary_params=24, float_params=8, macs=96, bops=96, flops=0, ops=1.5,
-    trained_bytes=128, deployed_bytes=56, compression=128 / 56,
+    total_params=32,
+    binary_params=24,
+    float_params=8,
+    macs=96,
+    bops=96,
+    flops=0,
+    ops=1.5,
+    trained_bytes=128,
+    deployed_bytes=56,
+    compression=128 / 56,
 )
 
 
