@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -34,6 +36,43 @@ class OptionAShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, pad_channels={self.pad}"
+
+
+class BiRealBlock(nn.Module):
+    """Two binary 3x3 convs, each with its own shortcut (Bi-Real style), BN and hardtanh.
+
+    ``out = hardtanh(BN1(conv1(x)) + shortcut(x))``; ``out = hardtanh(BN2(conv2(out)) + out)``,
+    where ``shortcut`` is the identity when ``None``. ResNet-20 (CIFAR) passes an option-A
+    shortcut, the one-stage ImageNet ResNets an FP conv1x1 + BN.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1 = binary_conv3x3(cin, cout, stride)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.shortcut = shortcut
+        self.conv2 = binary_conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = F.hardtanh(self.bn1(self.conv1(x)) + identity)
+        return F.hardtanh(self.bn2(self.conv2(out)) + out)
+
+
+def make_stages(
+    block: Callable[[int, int, int], nn.Module], layers: list[int], widths: list[int], cin: int
+) -> list[nn.Sequential]:
+    """ResNet stages: ``layers[i]`` blocks of width ``widths[i]``; the first block of every
+    stage but the first has stride 2. ``block(cin, cout, stride)`` builds one block."""
+    stages = []
+    for i, (n, w) in enumerate(zip(layers, widths, strict=True)):
+        blocks = []
+        for j in range(n):
+            blocks.append(block(cin, w, 2 if (i > 0 and j == 0) else 1))
+            cin = w
+        stages.append(nn.Sequential(*blocks))
+    return stages
 
 
 def kaiming_init_convs(model: nn.Module) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnkit.models.common import binary_conv3x3, check_choice, small_uniform_init
+from bnnkit.models.common import binary_conv3x3, check_choice, make_stages, small_uniform_init
 from bnnkit.models.registry import register_model
 from bnnkit.nn import BinaryConv2d, RPReLU
 
@@ -51,13 +51,7 @@ class ReActResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        stages, cin = [], 64
-        for i, (n, w) in enumerate(zip(layers, (64, 128, 256, 512), strict=True)):
-            blocks = []
-            for j in range(n):
-                blocks.append(ReActBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
-                cin = w
-            stages.append(nn.Sequential(*blocks))
+        stages = make_stages(ReActBlock, layers, [64, 128, 256, 512], 64)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)

@@ -9,29 +9,16 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bnnkit.models.common import OptionAShortcut, binary_conv3x3, check_choice, kaiming_init_convs
+from bnnkit.models.common import (
+    BiRealBlock,
+    OptionAShortcut,
+    binary_conv3x3,
+    check_choice,
+    kaiming_init_convs,
+    make_stages,
+)
 from bnnkit.models.registry import register_model
 from bnnkit.nn import BinaryConv2d
-
-
-class BiRealBlock(nn.Module):
-    """ResNet-20 block, Bi-Real style: a shortcut around *each* binary conv.
-
-    ``out = hardtanh(BN1(conv1(x)) + shortcut(x))``; ``out = hardtanh(BN2(conv2(out)) + out)``.
-    """
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = binary_conv3x3(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.shortcut = OptionAShortcut(cin, cout, stride) if stride != 1 or cin != cout else None
-        self.conv2 = binary_conv3x3(cout, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.hardtanh(self.bn1(self.conv1(x)) + identity)
-        return F.hardtanh(self.bn2(self.conv2(out)) + out)
 
 
 class BasicBlock(nn.Module):
@@ -79,15 +66,18 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.stem_act = stem_act
-        blocks, cin = [], widths[0]
-        for i, (n, w) in enumerate(zip(layers, widths, strict=True)):
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                if block == "bireal":
-                    blocks.append(BiRealBlock(cin, w, stride))
-                else:
-                    blocks.append(BasicBlock(cin, w, stride, shortcut))
-                cin = w
+
+        def make_block(cin: int, cout: int, stride: int) -> nn.Module:
+            if block == "bireal":
+                changes = stride != 1 or cin != cout
+                return BiRealBlock(
+                    cin, cout, stride, OptionAShortcut(cin, cout, stride) if changes else None
+                )
+            return BasicBlock(cin, cout, stride, shortcut)
+
+        stages = make_stages(make_block, layers, widths, widths[0])
+        blocks = [b for stage in stages for b in stage]
+        cin = widths[-1]
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = head

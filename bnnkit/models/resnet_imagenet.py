@@ -5,33 +5,19 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bnnkit.models.common import binary_conv3x3, kaiming_init_convs
+from bnnkit.models.common import BiRealBlock, kaiming_init_convs, make_stages
 from bnnkit.models.registry import register_model
 
 
-class BiRealBasicBlock(nn.Module):
-    """Two binary 3x3 convs, each followed by BN, a residual add and hardtanh.
-
-    ``out = hardtanh(BN1(conv1(x)) + downsample(x) or x)``; ``out = hardtanh(BN2(conv2(out)) + out)``.
-    Downsample (FP): conv1x1 stride 2 -> BN (no avgpool).
-    """
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = binary_conv3x3(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
-        self.conv2 = binary_conv3x3(cout, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.hardtanh(self.bn1(self.conv1(x)) + identity)
-        return F.hardtanh(self.bn2(self.conv2(out)) + out)
+def _block(cin: int, cout: int, stride: int) -> BiRealBlock:
+    """Bi-Real 2-conv block; where the shape changes the first add uses an FP downsample
+    (conv1x1 stride 2 -> BN, no avgpool)."""
+    shortcut = None
+    if stride != 1 or cin != cout:
+        shortcut = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+        )
+    return BiRealBlock(cin, cout, stride, shortcut)
 
 
 class ImageNetResNet(nn.Module):
@@ -42,13 +28,7 @@ class ImageNetResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        stages, cin = [], 64
-        for i, (n, w) in enumerate(zip(layers, (64, 128, 256, 512), strict=True)):
-            blocks = []
-            for j in range(n):
-                blocks.append(BiRealBasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
-                cin = w
-            stages.append(nn.Sequential(*blocks))
+        stages = make_stages(_block, layers, [64, 128, 256, 512], 64)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.bn_head = nn.BatchNorm1d(512)
