@@ -8,11 +8,11 @@ from bnnkit.binarize import list_binarizers
 from bnnkit.methods import get_method, list_methods
 from bnnkit.models import list_models, model_info
 
-WHAT = ("models", "methods", "binarizers")
+WHAT = ("models", "methods", "binarizers", "recipes")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list registered models, methods or binarizers")
+    p = sub.add_parser("list", help="list models, methods, binarizers or shipped recipes")
     p.add_argument("what", choices=WHAT, help="what to list")
     p.set_defaults(run=run)
 
@@ -36,6 +36,13 @@ def run(args: argparse.Namespace) -> int:
             method = get_method(name)
             fields = ", ".join(f"{k}={v!r}" for k, v in method.fields().items())
             print(f"{name:10s} {_first_line(type(method))}" + (f"  [{fields}]" if fields else ""))
+    elif args.what == "recipes":
+        from bnnkit.train.config import list_recipes, recipes_dir
+
+        names = list_recipes()
+        print(f"recipes in {recipes_dir()}:" if names else f"no recipes in {recipes_dir()}")
+        for name in names:
+            print(f"  {name}")
     else:
         for name in list_binarizers():
             print(name)

@@ -11,13 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from bnnkit._version import __version__
-from bnnkit.cli import listing, summary_cmd
+from bnnkit.cli import listing, summary_cmd, train_cmd
+from bnnkit.cli.errors import CLIError
+from bnnkit.train.checkpoint import CheckpointError
 
-COMMANDS = (listing, summary_cmd)
-
-
-class CLIError(Exception):
-    """A user error: printed as ``bnnkit: error: ...`` with exit status 2, no traceback."""
+COMMANDS = (train_cmd, listing, summary_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.run(args) or 0)
-    except (CLIError, ValueError) as err:
+    except (CLIError, ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
         print(f"bnnkit: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,85 @@
+"""Multi-process training through ``torchrun`` (DistributedDataParallel).
+
+``torchrun --nproc_per_node N -m bnnkit train RECIPE`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; :func:`init_distributed` reads them, picks the device (``cuda:LOCAL_RANK`` with
+NCCL, or CPU with gloo) and joins the process group. Rank 0 alone logs and writes checkpoints.
+The recipe's ``data.batch_size`` is the **global** batch: each process takes
+``batch_size / world_size`` samples per step, so a run gives the same updates for any number
+of processes (exactly, for a model without batch norm).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as td
+
+
+@dataclass
+class Dist:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            t = t.clone()
+            td.all_reduce(t, op=td.ReduceOp.SUM)
+        return t
+
+    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        return self.all_reduce_sum(t) / self.world_size if self.enabled else t
+
+    def all_reduce_max(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            t = t.clone()
+            td.all_reduce(t, op=td.ReduceOp.MAX)
+        return t
+
+    def barrier(self) -> None:
+        if self.enabled:
+            td.barrier()
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:LOCAL_RANK`` if CUDA is available, else CPU."""
+    if spec == "auto":
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"training.device = {spec!r} but CUDA is not available; use 'auto' or 'cpu'"
+        )
+    return device
+
+
+def init_distributed(device_spec: str = "auto") -> Dist:
+    """Join the process group when launched by torchrun; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec, local)
+    if world > 1 and not td.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local, device)
+
+
+def shutdown(dist: Dist) -> None:
+    if dist.enabled and td.is_initialized():
+        td.destroy_process_group()

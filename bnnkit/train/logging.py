@@ -1,0 +1,102 @@
+"""Run logging: ``metrics.jsonl`` (one JSON object per event), TensorBoard, tqdm progress.
+
+Only rank 0 writes (other ranks get a logger that drops everything). Values are converted
+to Python numbers here, at the log interval, which is the only place the loop syncs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _summary_writer(log_dir: Path) -> Any:
+    """A TensorBoard writer, or None when tensorboard is not installed (an optional extra)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # missing or broken tensorboard: no event files
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def to_number(value: Any) -> Any:
+    """A tensor or number as a JSON-friendly Python value (NaN/inf kept as strings)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class RunLogger:
+    """Writes events to ``metrics.jsonl`` and TensorBoard, and drives a progress bar."""
+
+    def __init__(self, run_dir: Path | None, *, tensorboard: bool, progress: str) -> None:
+        self.enabled = run_dir is not None
+        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1) if run_dir else None  # noqa: SIM115
+        self._tb = None
+        if run_dir is not None and tensorboard:
+            self._tb = _summary_writer(run_dir / "tensorboard")
+        self._progress_mode = progress
+        self._bar = None
+        self.start = time.time()
+
+    def log(self, event: str, **values: Any) -> dict[str, Any]:
+        record = {"event": event, "time": round(time.time() - self.start, 3)}
+        record.update({k: to_number(v) for k, v in values.items()})
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None and "step" in record:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch", "time", "stage"):
+                    self._tb.add_scalar(f"{event}/{k}", v, record["step"])
+        return record
+
+    # -- progress bar ----------------------------------------------------------------------------
+    def bar_start(self, total: int, desc: str) -> None:
+        if not self.enabled or self._progress_mode == "off":
+            return
+        disable = None if self._progress_mode == "auto" else False
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            leave=False,
+            disable=disable,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+
+    def bar_update(self, n: int, **postfix: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix({k: to_number(v) for k, v in postfix.items()}, refresh=False)
+
+    def bar_close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def message(self, text: str) -> None:
+        """A line for the user (stderr, above the progress bar)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar_close()
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,407 @@
+"""``bnnkit.train``: a whole run (run directory, stages, resume, distillation, DDP).
+
+Run directory (``./runs/<recipe>-<YYYYmmdd-HHMMSS>/`` unless ``out`` is given)::
+
+    config.yaml        fully resolved recipe, versions, git revision
+    metrics.jsonl      one JSON object per event (train / epoch)
+    checkpoints/       last.pt (every epoch), best.pt (final stage), <stage>-best.pt (others)
+    summary.json       best / final top-1 and top-5, time, per stage
+    tensorboard/       event files (when tensorboard is installed)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import random
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from bnnkit._version import __version__
+from bnnkit.data import build_data
+from bnnkit.methods import binarize_, get_method
+from bnnkit.models import create_model
+from bnnkit.train import checkpoint as ck
+from bnnkit.train.config import RunConfig, StageConfig, load_recipe, parse_override
+from bnnkit.train.distributed import Dist, init_distributed, shutdown
+from bnnkit.train.engine import EpochResult, StageProgress, StageTrainer, evaluate
+from bnnkit.train.logging import RunLogger
+from bnnkit.train.losses import TaskLoss
+from bnnkit.train.optim import build_optimizer
+
+
+@dataclass
+class RunResult:
+    """What a run produced; accuracies of the final stage, in %."""
+
+    run_dir: Path | None
+    best_top1: float
+    best_top5: float
+    best_epoch: int
+    final_top1: float
+    final_top5: float
+    seconds: float
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_model(cfg: RunConfig, stage: StageConfig, num_classes: int) -> nn.Module:
+    """The recipe's model with the stage's method attached."""
+    model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.options)
+    return binarize_(model, stage.method)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the model a checkpoint was written for and load its weights (eval mode)."""
+    spec = ckpt["model_spec"]
+    model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
+    binarize_(model, get_method(ckpt["method"]))
+    ck.load_model_state(model, ckpt["model"], "checkpoint")
+    return model.to(device).eval()
+
+
+def _git_revision() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _new_run_dir(cfg: RunConfig, out: str | Path | None) -> Path:
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{cfg.name.replace('/', '_')}-{stamp}"
+    run_dir = Path(out)
+    if (run_dir / "checkpoints").exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out"
+        )
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _write_config(run_dir: Path, cfg: RunConfig) -> None:
+    doc = {
+        **cfg.to_dict(),
+        "versions": {
+            "bnnkit": __version__,
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+        },
+        "git": _git_revision(),
+    }
+    tmp = run_dir / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(run_dir / "config.yaml")
+
+
+def _load_teacher(spec: str | nn.Module | None, device: torch.device) -> nn.Module | None:
+    if spec is None or isinstance(spec, nn.Module):
+        return spec.to(device) if spec is not None else None
+    return model_from_checkpoint(ck.load_checkpoint(spec), device)
+
+
+def _flatten(
+    overrides: Sequence[str] | dict[str, Any] | None, sections: dict[str, Any]
+) -> dict[str, Any]:
+    """Dotted overrides from strings, a dict, and section keyword arguments, in that order."""
+    if isinstance(overrides, dict):
+        flat = dict(overrides)
+    else:
+        flat = {".".join(parts): value for parts, value in map(parse_override, overrides or [])}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def train(
+    recipe: str | Path | dict[str, Any] = "quickstart",
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    teacher: nn.Module | None = None,
+    callbacks: Sequence[Callable[[EpochResult], None]] = (),
+    **sections: Any,
+) -> RunResult:
+    """Train a recipe; returns the final stage's best and final accuracy.
+
+    Args:
+        recipe: a recipe path, a shipped recipe name (``bnnkit list recipes``) or a dict.
+        overrides: dotted ``key=value`` strings or a ``{"training.epochs": 3}`` dict.
+        out: run directory (default ``./runs/<recipe>-<date-time>``).
+        resume: a run directory (or checkpoint) to continue; its recipe is used, with
+            ``overrides`` applied on top (e.g. more epochs).
+        teacher: a frozen KD teacher module (overrides ``kd.teacher``).
+        callbacks: called with an :class:`EpochResult` after every epoch (on every rank).
+        **sections: recipe sections to merge, e.g. ``training={"epochs": 3}``.
+    """
+    flat = _flatten(overrides, sections)
+    ckpt = None
+    if resume is not None:
+        ckpt = ck.load_checkpoint(resume)
+        cfg = load_recipe(ckpt["recipe"], flat)
+        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parents[1]
+    else:
+        cfg = load_recipe(recipe, flat)
+    first = cfg.stages[0].training
+    dist = init_distributed(first.device)
+    _seed_everything(first.seed, first.deterministic)  # same init on every rank
+    if resume is None:
+        run_dir = _new_run_dir(cfg, out) if dist.is_main else Path(out or ".")
+    if dist.is_main:
+        _write_config(run_dir, cfg)
+    logger = RunLogger(
+        run_dir if dist.is_main else None,
+        tensorboard=cfg.logging.tensorboard,
+        progress=cfg.logging.progress,
+    )
+    try:
+        return _run(cfg, ckpt, run_dir, dist, logger, teacher, callbacks)
+    finally:
+        logger.close()
+        shutdown(dist)
+
+
+def _run(
+    cfg: RunConfig,
+    ckpt: dict | None,
+    run_dir: Path,
+    dist: Dist,
+    logger: RunLogger,
+    teacher: nn.Module | None,
+    callbacks: Sequence[Callable],
+) -> RunResult:
+    start = time.time() - (ckpt["seconds"] if ckpt else 0.0)
+    data = build_data(
+        cfg.data,
+        device=dist.device,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        seed=cfg.stages[0].training.seed,
+    )
+    logger.message(
+        f"bnnkit {__version__}: run {run_dir} | data {data.name} ({data.train.num_samples * dist.world_size} train / {data.val.num_samples * dist.world_size} val) | {dist.world_size} process(es) on {dist.device}"
+    )
+    start_stage = ckpt["stage_index"] if ckpt else 0
+    prev_state = ckpt["model"] if ckpt else None
+    results: list[dict[str, Any]] = list(ckpt["stage_results"]) if ckpt else []
+    step = ckpt["progress"]["step"] if ckpt else 0
+    progress = StageProgress()
+    for index in range(start_stage, len(cfg.stages)):
+        stage = cfg.stages[index]
+        resuming = ckpt is not None and index == start_stage
+        if resuming and ckpt["progress"]["epoch"] >= stage.training.epochs:
+            continue  # that stage finished; its weights start the next one
+        model = build_model(cfg, stage, data.num_classes).to(dist.device)
+        if stage.training.channels_last and dist.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        if resuming:
+            ck.load_model_state(model, prev_state, f"{run_dir} (last.pt)")
+        elif prev_state is not None:
+            added = ck.load_stage_init(model, prev_state, f"stage {cfg.stages[index - 1].name!r}")
+            if added:
+                logger.message(
+                    f"[{stage.name}] new parameters initialised fresh: {', '.join(added[:8])}{' ...' if len(added) > 8 else ''}"
+                )
+        optimizer = build_optimizer(model, stage.method, stage.optimizer)
+        use_scaler = stage.training.amp == "fp16" and dist.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        if stage.training.amp != "none" and dist.device.type != "cuda":
+            logger.message(
+                f"[{stage.name}] training.amp={stage.training.amp} ignored: autocast is used on CUDA only"
+            )
+        progress = StageProgress(step=step)
+        if resuming:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            progress = StageProgress(**ckpt["progress"])
+            ck.set_rng_state(ckpt["rng"])
+        forward_model = _wrap(model, stage, dist)
+        kd_teacher = _load_teacher(
+            teacher if teacher is not None else stage.kd.teacher, dist.device
+        )
+        loss_fn = TaskLoss(
+            stage.training.label_smoothing, kd_teacher, stage.kd.alpha, stage.kd.temperature
+        )
+        last_stage = index == len(cfg.stages) - 1
+
+        def save(
+            p: StageProgress,
+            is_best: bool,
+            *,
+            _model=model,
+            _opt=optimizer,
+            _scaler=scaler,
+            _stage=stage,
+            _index=index,
+            _last=last_stage,
+        ) -> None:
+            if not dist.is_main:
+                return
+            state = ck.make_checkpoint(
+                recipe=cfg.raw, config=cfg.to_dict(), stage_index=_index, stage_name=_stage.name,
+                model_spec={"name": cfg.model.name, "options": cfg.model.options, "num_classes": data.num_classes},
+                method=_stage.method.to_config(), model=_model.state_dict(), optimizer=_opt.state_dict(),
+                scaler=_scaler.state_dict() if _scaler is not None else None, progress=asdict(p),
+                rng=ck.rng_state(), stage_results=results, seconds=time.time() - start,
+            )  # fmt: skip
+            if is_best:
+                ck.atomic_save(
+                    state,
+                    run_dir / "checkpoints" / ("best.pt" if _last else f"{_stage.name}-best.pt"),
+                )
+            ck.atomic_save(state, run_dir / "checkpoints" / "last.pt")
+
+        trainer = StageTrainer(
+            stage=stage, model=model, forward_model=forward_model, optimizer=optimizer, scaler=scaler,
+            loss_fn=loss_fn, data=data, dist=dist, logger=logger, log_every=cfg.logging.log_every,
+            progress=progress, save=save, callbacks=callbacks,
+        )  # fmt: skip
+        progress = trainer.fit()
+        step = progress.step
+        final = next((h for h in reversed(progress.history) if "top1" in h), {})
+        results.append(
+            {
+                "stage": stage.name,
+                "method": stage.method.name,
+                "epochs": stage.training.epochs,
+                "best_top1": progress.best_top1,
+                "best_top5": progress.best_top5,
+                "best_epoch": progress.best_epoch + 1,
+                "final_top1": final.get("top1"),
+                "final_top5": final.get("top5"),
+            }
+        )
+        prev_state = model.state_dict()
+    return _finish(run_dir, results, time.time() - start, dist)
+
+
+def _wrap(model: nn.Module, stage: StageConfig, dist: Dist) -> nn.Module:
+    forward_model: nn.Module = model
+    if dist.enabled:
+        if stage.training.sync_bn:
+            forward_model = nn.SyncBatchNorm.convert_sync_batchnorm(forward_model)
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        forward_model = nn.parallel.DistributedDataParallel(forward_model, device_ids=ids)
+    if stage.training.compile:
+        forward_model = torch.compile(forward_model)
+    return forward_model
+
+
+def _finish(run_dir: Path, results: list[dict[str, Any]], seconds: float, dist: Dist) -> RunResult:
+    last = results[-1] if results else {}
+    result = RunResult(
+        run_dir=run_dir if dist.is_main else None,
+        best_top1=last.get("best_top1", float("nan")), best_top5=last.get("best_top5", float("nan")),
+        best_epoch=last.get("best_epoch", 0), final_top1=last.get("final_top1") or float("nan"),
+        final_top5=last.get("final_top5") or float("nan"), seconds=seconds, stages=results,
+    )  # fmt: skip
+    if dist.is_main:
+        summary = {k: v for k, v in asdict(result).items() if k != "run_dir"}
+        tmp = run_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(run_dir / "summary.json")
+    return result
+
+
+def format_result(result: RunResult) -> str:
+    """The table ``bnnkit train`` prints at the end."""
+    rows = [
+        (
+            "stage",
+            "method",
+            "epochs",
+            "best top-1",
+            "best top-5",
+            "best epoch",
+            "final top-1",
+            "final top-5",
+        )
+    ]
+    for s in result.stages:
+        rows.append(
+            (
+                s["stage"],
+                s["method"],
+                str(s["epochs"]),
+                f"{s['best_top1']:.2f}",
+                f"{s['best_top5']:.2f}",
+                str(s["best_epoch"]),
+                f"{s['final_top1']:.2f}",
+                f"{s['final_top5']:.2f}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"run directory: {result.run_dir}   time: {result.seconds:.1f}s")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    path: str | Path, overrides: Sequence[str] = (), device: str = "auto"
+) -> tuple[dict[str, float], Path]:
+    """Top-1 / top-5 of a checkpoint on its recipe's validation data (``data.*`` overrides).
+
+    A run directory means its ``best.pt`` (else ``last.pt``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        path = best if best.is_file() else path / "checkpoints" / "last.pt"
+    ckpt = ck.load_checkpoint(path)
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ValueError(f"eval takes data.* overrides only, got {bad}")
+    cfg = load_recipe(ckpt["recipe"], list(overrides))
+    dist = init_distributed(device)
+    try:
+        data = build_data(cfg.data, device=dist.device, rank=dist.rank, world_size=dist.world_size)
+        if data.num_classes != ckpt["model_spec"]["num_classes"]:
+            raise ValueError(
+                f"the data has {data.num_classes} classes but the checkpoint's model {ckpt['model_spec']['num_classes']}"
+            )
+        model = model_from_checkpoint(ckpt, dist.device)
+        return evaluate(model, data.val, dist, contextlib.nullcontext), path
+    finally:
+        shutdown(dist)
