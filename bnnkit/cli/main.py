@@ -43,7 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.run(args) or 0)
-    except (CLIError, ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
+    except BrokenPipeError:  # output piped into `head` etc.
+        sys.stderr.close()
+        return 0
+    except (
+        CLIError,
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        CheckpointError,
+        ImportError,
+    ) as err:
         print(f"bnnkit: error: {err}", file=sys.stderr)
         return 2
 

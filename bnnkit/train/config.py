@@ -1,6 +1,7 @@
 """Recipes: YAML files that become frozen, typed, validated dataclasses.
 
-A recipe has the sections ``data``, ``model``, ``method``, ``optimizer``, ``schedule``,
+A recipe may name a ``base:`` recipe (a path relative to it) that it is deep-merged over, so
+settings shared by a paper's recipes live in one ``_*.yaml`` file. It has the sections ``data``, ``model``, ``method``, ``optimizer``, ``schedule``,
 ``training``, ``kd``, ``logging`` and an optional ``stages`` list. Each stage overrides any of
 ``method``, ``optimizer``, ``schedule``, ``training``, ``kd`` for that stage (a deep merge
 over the top level); stage 2 starts from stage 1's final weights. Dotted ``key=value``
@@ -241,7 +242,7 @@ class RunConfig:
 
 
 STAGE_KEYS = ("method", "optimizer", "schedule", "training", "kd")
-TOP_KEYS = ("name", "data", "model", "logging", "stages", *STAGE_KEYS)
+TOP_KEYS = ("name", "base", "data", "model", "logging", "stages", *STAGE_KEYS)
 SECTION_TYPES = {
     "data": DataConfig,
     "optimizer": OptimizerConfig,
@@ -326,6 +327,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
     if hint is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            return "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
@@ -475,16 +478,13 @@ def load_recipe(
 ) -> RunConfig:
     """Load and validate a recipe (a path, a name under ``recipes/`` or a dict) with overrides."""
     if isinstance(recipe, dict):
-        raw, default_name = copy.deepcopy(recipe), "recipe"
+        raw, default_name = _resolve_base(copy.deepcopy(recipe), recipes_dir(), ()), "recipe"
     else:
         path = find_recipe(recipe)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
-        default_name = path.stem
-    if not isinstance(raw, dict):
-        raise ConfigError("a recipe must be a YAML mapping of sections")
+        raw = _read_recipe(path, ())
+        root = recipes_dir().resolve()
+        rel = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else None
+        default_name = str(rel.with_suffix("")) if rel else path.stem
     raw = apply_overrides(raw, overrides or [])
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
@@ -506,6 +506,29 @@ def load_recipe(
     )
 
 
+def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path} must be a YAML mapping of sections")
+    return _resolve_base(raw, path.parent, (*chain, path.resolve()))
+
+
+def _resolve_base(raw: dict[str, Any], folder: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """Merge ``raw`` over the recipe its ``base:`` key names (relative to ``folder``)."""
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    path = (folder / str(base)).resolve()
+    if path in chain:
+        raise ConfigError(f"recipe base cycle: {' -> '.join(map(str, (*chain, path)))}")
+    if not path.is_file():
+        raise ConfigError(f"recipe base {base!r} not found (looked for {path})")
+    return _deep_merge(_read_recipe(path, chain), raw)
+
+
 def recipes_dir() -> Path:
     """The shipped ``recipes/`` folder (env ``BNNKIT_RECIPES`` overrides)."""
     env = os.environ.get("BNNKIT_RECIPES")
@@ -515,7 +538,11 @@ def recipes_dir() -> Path:
 def list_recipes() -> list[str]:
     """Shipped recipe names, e.g. ``cifar10/resnet20_reactnet`` (relative, without ``.yaml``)."""
     root = recipes_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(
+        str(p.relative_to(root).with_suffix(""))
+        for p in root.rglob("*.yaml")
+        if not p.name.startswith("_")  # _*.yaml are shared bases, not runnable recipes
+    )
 
 
 def find_recipe(recipe: str | Path) -> Path:

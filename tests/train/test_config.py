@@ -1,0 +1,153 @@
+"""Recipes: loading, overrides, validation errors, and every shipped recipe."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from bnnkit.train.config import (
+    ConfigError,
+    apply_overrides,
+    list_recipes,
+    load_recipe,
+    parse_override,
+)
+
+BASE = {
+    "data": {"name": "synthetic", "batch_size": 32},
+    "model": {"name": "mlp", "hidden": 32},
+    "method": {"name": "irnet", "t_min": 0.1},
+    "optimizer": {"name": "sgd", "lr": "1e-3"},
+    "training": {"epochs": 2},
+}
+
+
+def test_sections_become_typed_frozen_dataclasses():
+    cfg = load_recipe(BASE)
+    stage = cfg.stages[0]
+    assert stage.optimizer.lr == 1e-3  # YAML's "1e-3" string is coerced to float
+    assert stage.method.name == "irnet" and stage.method.t_min == 0.1
+    assert cfg.model.options == {"hidden": 32}
+    assert cfg.data.batch_size == 32 and stage.training.epochs == 2
+    with pytest.raises(AttributeError):
+        stage.training.epochs = 3  # frozen
+
+
+def test_dotted_overrides_and_yaml_values():
+    cfg = load_recipe(
+        BASE,
+        [
+            "training.epochs=5",
+            "data.rrc_scale=[0.08, 1.25]",
+            "optimizer.nesterov=true",
+            "method.t_max=5",
+        ],
+    )
+    assert cfg.stages[0].training.epochs == 5
+    assert cfg.data.rrc_scale == (0.08, 1.25)
+    assert cfg.stages[0].optimizer.nesterov is True
+    assert cfg.stages[0].method.t_max == 5.0
+
+
+def test_switching_method_drops_the_old_methods_fields():
+    cfg = load_recipe(BASE, ["method.name=ste"])
+    assert cfg.stages[0].method.name == "ste"
+    cfg = load_recipe(BASE, ["method=reactnet", "method.weights=float"])
+    assert cfg.stages[0].method.to_config() == {"name": "reactnet", "weights": "float"}
+
+
+def test_stages_merge_over_the_top_level():
+    raw = {**BASE, "method": {"name": "reactnet"}, "stages": [
+        {"name": "step1", "method": {"name": "reactnet", "weights": "float"}, "optimizer": {"weight_decay": 1e-5}},
+        {"name": "step2", "training": {"epochs": 3}},
+    ]}  # fmt: skip
+    cfg = load_recipe(raw, ["stages.1.optimizer.lr=5e-4"])
+    s1, s2 = cfg.stages
+    assert (
+        s1.method.weights == "float"
+        and s1.optimizer.weight_decay == 1e-5
+        and s1.optimizer.lr == 1e-3
+    )
+    assert (
+        s2.method.weights == "binary"
+        and s2.optimizer.weight_decay == 0.0
+        and s2.optimizer.lr == 5e-4
+    )
+    assert (s1.training.epochs, s2.training.epochs) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["training.epochz=3"],
+            r"unknown key\(s\) \['training.epochz'\]; valid keys: \[.*'epochs'",
+        ),
+        (["trainig.epochs=3"], r"unknown top-level key 'trainig'"),
+        (["training.epochs=three"], r"training.epochs must be an integer, got 'three'"),
+        (["training.epochs=0"], r"training.epochs = 0 must be > 0"),
+        (
+            ["optimizer.name=lamb"],
+            r"optimizer.name = 'lamb' is not valid; choose one of \['sgd', 'adam', 'adamw'\]",
+        ),
+        (["method.name=recuu"], r"unknown method 'recuu'.*Valid methods"),
+        (["method.t_mni=1"], r"no field\(s\) \['t_mni'\]"),
+        (["model.name=resnet99"], r"unknown model 'resnet99'"),
+        (["model.depthh=3"], r"unknown key\(s\) \['model.depthh'\] for model 'mlp'"),
+        (["data.name=mnist"], r"data.name = 'mnist' is not valid; allowed: digits, synthetic"),
+        (["data.batch_size=0"], r"data.batch_size = 0 is not valid"),
+        (["schedule.step_at=middle"], r"schedule.step_at = 'middle'"),
+        (["training.label_smoothing=1.5"], r"label_smoothing"),
+        (["training.epochs"], r"must look like key=value"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_valid_choices(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(BASE, overrides)
+
+
+def test_unknown_top_level_key_in_a_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "optimiser": {}}))
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['optimiser'\]"):
+        load_recipe(path)
+    path.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match="neither a file nor a shipped recipe"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_to_dict_round_trips():
+    cfg = load_recipe(BASE, ["training.epochs=4"])
+    again = load_recipe(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_parse_override():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("data.root=/x/y") == (["data", "root"], "/x/y")
+
+
+def test_override_through_a_string_method():
+    raw = apply_overrides({"method": "irnet"}, ["method.t_min=0.5"])
+    assert raw["method"] == {"name": "irnet", "t_min": 0.5}
+
+
+SHIPPED = list_recipes()
+
+
+def test_the_expected_recipes_are_shipped():
+    expected = {"quickstart", "imagenet/resnet18_irnet", "imagenet/reactnet_resnet18_reactnet"}
+    for model in ("resnet20", "resnet18_cifar", "vgg_small"):
+        for method in ("ste", "xnor", "bireal", "irnet", "reactnet"):
+            expected.add(f"cifar10/{model}_{method}")
+    assert expected <= set(SHIPPED), sorted(expected - set(SHIPPED))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_loads_validates_and_takes_overrides(name):
+    cfg = load_recipe(name, ["training.epochs=1", "data.root=/tmp/elsewhere"])
+    assert all(s.training.epochs == 1 for s in cfg.stages)
+    assert cfg.data.root == "/tmp/elsewhere"
+    assert cfg.name
