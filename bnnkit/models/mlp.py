@@ -12,7 +12,9 @@ class MLP(nn.Module):
     """Flatten -> Linear (FP) -> BN -> hardtanh -> ``depth`` x [BinaryLinear -> BN -> hardtanh]
     -> Linear (FP)."""
 
-    def __init__(self, num_classes: int, in_features: int, hidden: int, depth: int) -> None:
+    def __init__(
+        self, num_classes: int, in_features: int, hidden: int, depth: int, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         if depth < 1 or hidden < 1 or in_features < 1:
             raise ValueError(
@@ -37,9 +39,17 @@ class MLP(nn.Module):
 
 
 @register_model(input_size=(64,), num_classes=10, dataset="digits")
-def mlp(num_classes: int = 10, in_features: int = 64, hidden: int = 256, depth: int = 2) -> MLP:
+def mlp(
+    num_classes: int = 10,
+    in_features: int = 64,
+    hidden: int = 256,
+    depth: int = 2,
+    batch_norm: bool = True,
+) -> MLP:
     """Binary MLP: FP input layer, ``depth`` binary hidden layers of width ``hidden``, FP output.
 
-    Defaults fit the 8x8 UCI digits (64 features) bundled with scikit-learn.
+    Defaults fit the 8x8 UCI digits (64 features) bundled with scikit-learn. With
+    ``batch_norm=False`` the BatchNorms are replaced by biases (a model whose training does not
+    depend on how the batch is split across processes).
     """
-    return MLP(num_classes, in_features, hidden, depth)
+    return MLP(num_classes, in_features, hidden, depth, batch_norm)

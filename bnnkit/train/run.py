@@ -211,13 +211,7 @@ def _run(
     callbacks: Sequence[Callable],
 ) -> RunResult:
     start = time.time() - (ckpt["seconds"] if ckpt else 0.0)
-    data = build_data(
-        cfg.data,
-        device=dist.device,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        seed=cfg.stages[0].training.seed,
-    )
+    data = _build_data(cfg, dist)
     logger.message(
         f"bnnkit {__version__}: run {run_dir} | data {data.name} ({data.train.num_samples * dist.world_size} train / {data.val.num_samples * dist.world_size} val) | {dist.world_size} process(es) on {dist.device}"
     )
@@ -314,6 +308,22 @@ def _run(
         )
         prev_state = model.state_dict()
     return _finish(run_dir, results, time.time() - start, dist)
+
+
+def _build_data(cfg: RunConfig, dist: Dist) -> Any:
+    """Rank 0 builds (and, with ``download: true``, fetches) the data first; the others follow."""
+
+    def build() -> Any:
+        seed = cfg.stages[0].training.seed
+        return build_data(
+            cfg.data, device=dist.device, rank=dist.rank, world_size=dist.world_size, seed=seed
+        )
+
+    if not dist.enabled:
+        return build()
+    data = build() if dist.is_main else None
+    dist.barrier()
+    return data if data is not None else build()
 
 
 def _wrap(model: nn.Module, stage: StageConfig, dist: Dist) -> nn.Module:

@@ -1,0 +1,253 @@
+"""The engine end to end on CPU: run directory, resume, NaN stop, stages, KD, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import bnnkit
+from bnnkit.train import CheckpointError, NonFiniteLossError, load_checkpoint, train
+from bnnkit.train.checkpoint import atomic_save, load_model_state, load_stage_init
+from bnnkit.train.run import model_from_checkpoint
+
+
+def recipe(**sections):
+    base = {
+        "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
+                 "synthetic_train": 256, "synthetic_val": 64, "batch_size": 32},
+        "model": {"name": "mlp", "in_features": 12, "hidden": 32, "depth": 2},
+        "method": {"name": "reactnet"},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "training": {"epochs": 3, "seed": 3},
+        "logging": {"log_every": 3, "progress": "off", "tensorboard": False},
+    }  # fmt: skip
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return base
+
+
+def events(run_dir, kind):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == kind]
+
+
+def test_run_directory_contents(tmp_path):
+    result = train(recipe(), out=tmp_path / "run")
+    run = tmp_path / "run"
+    assert result.run_dir == run
+    assert {p.name for p in run.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoints",
+        "summary.json",
+    }
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["versions"]["bnnkit"] == bnnkit.__version__ and "git" in config
+    assert config["stages"][0]["method"] == {"name": "reactnet", "weights": "binary"}
+    train_events = events(run, "train")
+    assert train_events and all(
+        {"step", "epoch", "loss", "lr", "images_per_s"} <= set(e) for e in train_events
+    )
+    epochs = events(run, "epoch")
+    assert [e["epoch"] for e in epochs] == [0, 1, 2] and all(
+        "top1" in e and "top5" in e for e in epochs
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_top1"] == max(e["top1"] for e in epochs)
+    assert summary["final_top1"] == epochs[-1]["top1"] == result.final_top1
+    assert result.best_top1 > 50  # 4 classes: chance is 25%
+    ckpt = load_checkpoint(run)
+    assert (
+        ckpt["progress"]["epoch"] == 3
+        and ckpt["config"] == load_checkpoint(run / "checkpoints" / "best.pt")["config"]
+    )
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    train(recipe(training={"epochs": 1}), out=tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(recipe(training={"epochs": 1}), out=tmp_path / "run")
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one_step_for_step(tmp_path):
+    full = train(recipe(), out=tmp_path / "full")
+
+    def stop_after_two(result):
+        if result.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe(), out=tmp_path / "cut", callbacks=[stop_after_two])
+    assert load_checkpoint(tmp_path / "cut")["progress"]["epoch"] == 2
+    resumed = train(resume=tmp_path / "cut")
+    a, b = events(tmp_path / "full", "train"), events(tmp_path / "cut", "train")
+    assert [(e["step"], e["loss"], e["lr"]) for e in a] == [
+        (e["step"], e["loss"], e["lr"]) for e in b
+    ]
+    assert [e["top1"] for e in events(tmp_path / "full", "epoch")] == [
+        e["top1"] for e in events(tmp_path / "cut", "epoch")
+    ]
+    wa, wb = load_checkpoint(tmp_path / "full")["model"], load_checkpoint(tmp_path / "cut")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed.final_top1 == full.final_top1
+
+
+class NaNAfter(nn.Module):
+    """A KD teacher that starts returning NaN after ``n`` calls."""
+
+    def __init__(self, n: int, classes: int = 4) -> None:
+        super().__init__()
+        self.n, self.calls, self.classes = n, 0, classes
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        out = torch.zeros(len(x), self.classes)
+        return out + float("nan") if self.calls > self.n else out
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    # 8 steps per epoch: NaN from step 12 (epoch 2)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2: the loss became NaN or infinite"):
+        train(recipe(), out=tmp_path / "run", teacher=NaNAfter(11))
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["progress"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_nan_stop_exits_1_from_the_cli(tmp_path, capsys, monkeypatch):
+    from bnnkit.cli.main import main
+    from bnnkit.train import losses
+
+    monkeypatch.setattr(
+        losses.TaskLoss, "forward", lambda self, out, y, x: out.sum() * float("inf")
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(training={"epochs": 2})))
+    code = main(["train", str(path), "--out", str(tmp_path / "run")])
+    assert code == 1 and "NaN or infinite" in capsys.readouterr().err
+
+
+def two_stage(**kw):
+    return recipe(stages=[
+        {"name": "step1", "method": {"name": "reactnet", "weights": "float"}, "training": {"epochs": 2}},
+        {"name": "step2", "method": {"name": "reactnet"}, "training": {"epochs": 2}, "optimizer": {"weight_decay": 0.0}},
+    ], **kw)  # fmt: skip
+
+
+def test_two_stage_run(tmp_path):
+    result = train(two_stage(), out=tmp_path / "run")
+    assert [s["stage"] for s in result.stages] == ["step1", "step2"]
+    files = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    assert files == {"last.pt", "best.pt", "step1-best.pt"}
+    assert (
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "step1-best.pt")["method"]["weights"]
+        == "float"
+    )
+    stages = [e["stage"] for e in events(tmp_path / "run", "epoch")]
+    assert stages == ["step1", "step1", "step2", "step2"]
+
+
+def test_stage_two_starts_from_stage_one_weights_and_fails_loudly_without_them():
+    step1 = bnnkit.binarize_(
+        bnnkit.create_model("resnet20"), bnnkit.get_method("reactnet", weights="float")
+    )
+    with torch.no_grad():
+        for p in step1.parameters():
+            p.add_(torch.randn_like(p))
+    state = step1.state_dict()
+    step2 = bnnkit.binarize_(bnnkit.create_model("resnet20"), "reactnet")
+    assert load_stage_init(step2, state, "step1") == []
+    assert all(torch.equal(step2.state_dict()[k], v) for k, v in state.items())
+    broken = {k: v for k, v in state.items() if k != "layers.4.conv2.weight"}
+    with pytest.raises(
+        CheckpointError, match=r"layers\.4\.conv2\.weight.*Binary-layer weights must come"
+    ):
+        load_stage_init(
+            bnnkit.binarize_(bnnkit.create_model("resnet20"), "reactnet"), broken, "step1"
+        )
+    # a parameter the new method adds (here a learnable scale) may be missing: it stays fresh
+    learnable = bnnkit.create_model("resnet20")
+    bnnkit.binarize_(learnable, "reactnet")
+    for _, layer in bnnkit.binary_layers(learnable):
+        layer.scale = bnnkit.binarize.LearnableScale(layer.out_channels)
+    added = load_stage_init(learnable, state, "step1")
+    assert len(added) == 18 and all(k.endswith("scale.alpha") for k in added)
+
+
+def test_checkpoint_of_another_model_lists_the_mismatched_keys(tmp_path):
+    train(recipe(training={"epochs": 1}), out=tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
+    other = bnnkit.binarize_(
+        bnnkit.create_model("mlp", in_features=12, hidden=16, num_classes=4), "reactnet"
+    )
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch \(19\): .*body\.0\.weight \(32, 32\) vs \(16, 16\)"
+    ):
+        load_model_state(other, ckpt["model"], "that checkpoint")
+    vgg = bnnkit.binarize_(bnnkit.create_model("vgg_small"), "reactnet")
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing in the checkpoint \(41\): .*conv0\.weight.*not in the model \(21\): bn_in\.bias",
+    ):
+        load_model_state(vgg, ckpt["model"], "that checkpoint")
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"format": "old"}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"format": "new"}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"format": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable bnnkit checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "y.pt")
+    with pytest.raises(CheckpointError, match="not a bnnkit checkpoint"):
+        load_checkpoint(tmp_path / "y.pt")
+
+
+def test_kd_teacher_from_a_checkpoint_and_from_a_module(tmp_path):
+    teacher_run = tmp_path / "teacher"
+    train(recipe(method={"name": "float"}, training={"epochs": 2}), out=teacher_run)
+    teacher = model_from_checkpoint(load_checkpoint(teacher_run))
+    x = torch.randn(5, 12)
+    assert teacher(x).shape == (5, 4)
+    train(recipe(kd={"teacher": str(teacher_run)}, training={"epochs": 1}), out=tmp_path / "a")
+    train(recipe(training={"epochs": 1}), out=tmp_path / "b", teacher=teacher)
+    la, lb = events(tmp_path / "a", "train"), events(tmp_path / "b", "train")
+    assert [e["loss"] for e in la] == pytest.approx([e["loss"] for e in lb])
+    ce = events(tmp_path / "a", "train")[0]["loss"]
+    plain = train(recipe(training={"epochs": 1}), out=tmp_path / "c")
+    assert plain.run_dir and ce != events(tmp_path / "c", "train")[0]["loss"]
+
+
+def test_per_step_schedule_and_label_smoothing_and_clipping_run(tmp_path):
+    result = train(
+        recipe(
+            schedule={"name": "linear", "per_step": True},
+            training={"epochs": 2, "label_smoothing": 0.1, "grad_clip": 1.0},
+        ),
+        out=tmp_path / "run",
+    )
+    lrs = [e["lr"] for e in events(tmp_path / "run", "train")]
+    assert len(set(lrs)) == len(lrs)  # changes within epochs
+    assert math.isfinite(result.final_top1)
