@@ -20,7 +20,7 @@ def test_readme_starts_with_the_two_fresh_machine_commands():
     text = README.read_text()
     first_block = re.findall(r"```bash\n(.*?)```", text, re.S)[0]
     commands = [line for line in first_block.splitlines() if line and not line.startswith("#")]
-    assert commands[0].endswith("bnnkit summary resnet18")
+    assert commands[0].endswith("bnnkit train")
     ci = (README.parent / ".ci" / "run").read_text()
     # .ci/run runs the README's test command, step by step
     for step in commands[1].split(" && "):

@@ -32,6 +32,10 @@ class Loader(Protocol):
         """Select the shuffling / augmentation stream of ``epoch`` (call before iterating)."""
         ...
 
+    def close(self) -> None:
+        """Release workers and other resources (a no-op for in-memory loaders)."""
+        ...
+
 
 @dataclass
 class DataBundle:
@@ -42,3 +46,8 @@ class DataBundle:
     val: Loader
     num_classes: int
     input_size: tuple[int, ...]
+
+    def close(self) -> None:
+        """Close both loaders (stops DataLoader worker processes)."""
+        self.train.close()
+        self.val.close()

@@ -133,6 +133,9 @@ class TensorLoader:
         """Select the shuffling / augmentation stream of ``epoch`` (call before iterating)."""
         self.epoch = int(epoch)
 
+    def close(self) -> None:
+        """Nothing to release: the data is a tensor."""
+
     def epoch_indices(self) -> Tensor:
         """Sample indices this process visits in the current epoch, in order (on the CPU)."""
         return self._epoch_plan()[1].cpu()

@@ -10,7 +10,7 @@ from bnnkit.nn import BinaryLinear
 
 class MLP(nn.Module):
     """Flatten -> Linear (FP) -> BN -> hardtanh -> ``depth`` x [BinaryLinear -> BN -> hardtanh]
-    -> Linear (FP)."""
+    -> Linear (FP); without batch norm the binary layers get a bias instead."""
 
     def __init__(
         self, num_classes: int, in_features: int, hidden: int, depth: int, batch_norm: bool = True
@@ -22,14 +22,14 @@ class MLP(nn.Module):
             )
         self.flatten = nn.Flatten()
         self.fc_in = nn.Linear(in_features, hidden)
-        self.bn_in = nn.BatchNorm1d(hidden)
+
+        def norm() -> nn.Module:
+            return nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
+
+        self.bn_in = norm()
         layers: list[nn.Module] = []
         for _ in range(depth):
-            layers += [
-                BinaryLinear(hidden, hidden, bias=False),
-                nn.BatchNorm1d(hidden),
-                nn.Hardtanh(),
-            ]
+            layers += [BinaryLinear(hidden, hidden, bias=not batch_norm), norm(), nn.Hardtanh()]
         self.body = nn.Sequential(*layers)
         self.fc = nn.Linear(hidden, num_classes)
 

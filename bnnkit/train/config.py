@@ -127,7 +127,8 @@ class TrainingConfig:
         seed: seeds torch, numpy and random, and the data order.
         deterministic: ``torch.use_deterministic_algorithms(True)`` and cudnn deterministic.
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``.
-        sync_bn: convert BatchNorm to SyncBatchNorm under DDP.
+        sync_bn: convert BatchNorm to SyncBatchNorm under DDP (CUDA only; PyTorch's
+            SyncBatchNorm has no CPU kernel, so CPU runs keep per-process statistics).
         eval_every: evaluate every N epochs (the last epoch is always evaluated).
     """
 

@@ -212,6 +212,23 @@ def _run(
 ) -> RunResult:
     start = time.time() - (ckpt["seconds"] if ckpt else 0.0)
     data = _build_data(cfg, dist)
+    try:
+        return _run_stages(cfg, ckpt, run_dir, dist, logger, teacher, callbacks, data, start)
+    finally:
+        data.close()
+
+
+def _run_stages(
+    cfg: RunConfig,
+    ckpt: dict | None,
+    run_dir: Path,
+    dist: Dist,
+    logger: RunLogger,
+    teacher: nn.Module | None,
+    callbacks: Sequence[Callable],
+    data: Any,
+    start: float,
+) -> RunResult:
     logger.message(
         f"bnnkit {__version__}: run {run_dir} | data {data.name} ({data.train.num_samples * dist.world_size} train / {data.val.num_samples * dist.world_size} val) | {dist.world_size} process(es) on {dist.device}"
     )
@@ -329,7 +346,7 @@ def _build_data(cfg: RunConfig, dist: Dist) -> Any:
 def _wrap(model: nn.Module, stage: StageConfig, dist: Dist) -> nn.Module:
     forward_model: nn.Module = model
     if dist.enabled:
-        if stage.training.sync_bn:
+        if stage.training.sync_bn and dist.device.type == "cuda":  # SyncBatchNorm is CUDA-only
             forward_model = nn.SyncBatchNorm.convert_sync_batchnorm(forward_model)
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         forward_model = nn.parallel.DistributedDataParallel(forward_model, device_ids=ids)
