@@ -15,22 +15,16 @@ images of the same shape.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import REPO, append_record
 
 from bnnkit.data import DataConfig, ImageTransform, TensorLoader, load_cifar, normalization_stats
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "data.jsonl"
 
 
 def excerpt_root() -> Path:
@@ -122,16 +116,6 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
 """Name -> benchmark function; add a loader's benchmark here (e.g. an ImageNet folder)."""
 
 
-def git_rev() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def print_table(rows: list[dict]) -> None:
     head = f"{'path':38} {'source':16} {'device':6} {'batch':>5} {'img/s (median)':>15} {'min':>8} {'max':>8}"
     print(head)
@@ -154,20 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r for name in args.only or BENCHMARKS for r in BENCHMARKS[name](args)]
     print_table(rows)
     if not args.no_record:
-        record = {
-            "benchmark": "data",
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "git": git_rev(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "rows": rows,
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"appended to {RESULTS.relative_to(REPO)}")
+        append_record("data.jsonl", "data", rows)
 
 
 if __name__ == "__main__":

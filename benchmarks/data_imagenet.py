@@ -17,24 +17,17 @@ appended to ``benchmarks/results/data.jsonl`` (the same record shape as ``benchm
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import append_record
 
 from bnnkit.data.config import DataConfig
 from bnnkit.data.imagenet import build_imagenet
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "data.jsonl"
 
 
 def make_folder(root: Path, images: int, classes: int = 10, seed: int = 0) -> None:
@@ -69,16 +62,6 @@ def time_epochs(loader, epochs: int, device: torch.device) -> list[float]:
         if epoch > 0:
             rates.append(loader.num_samples / (time.perf_counter() - start))
     return rates
-
-
-def git_rev() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,21 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_record:
         import PIL
 
-        record = {
-            "benchmark": "data_imagenet",
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "git": git_rev(),
-            "torch": torch.__version__,
-            "pillow": PIL.__version__,
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "rows": rows,
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"appended to {RESULTS.relative_to(REPO)}")
+        append_record("data.jsonl", "data_imagenet", rows, pillow=PIL.__version__)
 
 
 if __name__ == "__main__":

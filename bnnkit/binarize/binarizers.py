@@ -173,3 +173,37 @@ class MagnitudeAwareSign(nn.Module):
 
     def extra_repr(self) -> str:
         return f"clip_value={self.clip_value}"
+
+
+@register_binarizer("std_approx_sign")
+class StdNormApproxSign(nn.Module):
+    r"""ApproxSign on the input divided by its per-sample std, in training only (ReCU, OvSW).
+
+    Training: :math:`\hat a = (a + b_c) / \sqrt{\mathrm{var}_{C,H,W}(a + b_c) + 10^{-5}}`
+    (unbiased variance per sample, no mean subtraction); eval: :math:`\hat a = a + b_c`. The
+    sign is the same either way (the denominator is positive). Forward
+    :math:`\mathrm{sign}(\hat a)`, backward ApproxSign :math:`\max(0, 2 - 2|\hat a|)` evaluated
+    on the normalised value, then through the normalisation.
+
+    Args:
+        detach_std: False for ReCU (the gradient flows through the std), True for OvSW.
+        num_channels: if given, a learnable per-channel shift :math:`b_c` (init 0, ReActNet's
+            ``move0``) is added first, as in the two-step (ReAct-ResNet) variants.
+    """
+
+    def __init__(self, detach_std: bool = False, num_channels: int | None = None) -> None:
+        super().__init__()
+        self.detach_std = bool(detach_std)
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if num_channels else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bias is not None:
+            x = x + self.bias.view(1, -1, *([1] * (x.ndim - 2)))
+        if self.training:
+            std = torch.sqrt(x.flatten(1).var(dim=1, unbiased=True) + 1e-5)
+            std = std.view(-1, *([1] * (x.ndim - 1)))
+            x = x / (std.detach() if self.detach_std else std)
+        return A.approx_sign(x)
+
+    def extra_repr(self) -> str:
+        return f"detach_std={self.detach_std}, bias={self.bias is not None}"

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from bnnkit._version import __version__
 from bnnkit.cli import listing, summary_cmd, train_cmd
 from bnnkit.cli.errors import CLIError
+from bnnkit.data.files import DownloadError
 from bnnkit.train.checkpoint import CheckpointError
+
+# User errors: printed as one line, exit status 2 (bugs still show a traceback).
+USER_ERRORS = (
+    CLIError, ValueError, FileExistsError, FileNotFoundError, CheckpointError, DownloadError,
+    ImportError,
+)  # fmt: skip
 
 COMMANDS = (train_cmd, listing, summary_cmd)
 

@@ -3,7 +3,17 @@
 Importing this package registers every built-in method (one module each).
 """
 
-from bnnkit.methods import bireal, full_precision, irnet, reactnet, ste, xnor  # noqa: F401
+from bnnkit.methods import (  # noqa: F401
+    bireal,
+    full_precision,
+    irnet,
+    ovsw,
+    reactnet,
+    rebnn,
+    recu,
+    ste,
+    xnor,
+)
 from bnnkit.methods.attach import BinarizeReport, binarize_, binary_layers
 from bnnkit.methods.base import (
     LayerList,

@@ -166,13 +166,15 @@ def binarize_(
 
 def _attach(layer: BinaryLayer, method: Method) -> None:
     ref = layer.weight
-    built = {
-        "weight_binarizer": method.build_weight_binarizer(layer),
-        "input_binarizer": method.build_input_binarizer(layer),
-        "scale": method.build_scale(layer),
-        "method_state": method.build_layer_state(layer),
+    # The state is built (and attached) first, so the other builders may refer to it.
+    builders = {
+        "method_state": method.build_layer_state,
+        "weight_binarizer": method.build_weight_binarizer,
+        "input_binarizer": method.build_input_binarizer,
+        "scale": method.build_scale,
     }
-    for attr, module in built.items():
+    for attr, build in builders.items():
+        module = build(layer)
         if module is not None:
             module = module.to(device=ref.device, dtype=ref.dtype)
         setattr(layer, attr, module)

@@ -87,7 +87,10 @@ class Method:
         return None
 
     def build_layer_state(self, layer: BinaryLayer) -> nn.Module | None:
-        """A module of per-layer buffers (trackers, previous signs), or ``None``."""
+        """A module of per-layer buffers (trackers, previous signs), or ``None``.
+
+        Built first: it is already ``layer.method_state`` when the other builders run.
+        """
         return None
 
     # -- built once with the optimizer -----------------------------------------------------------

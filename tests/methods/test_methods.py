@@ -10,9 +10,20 @@ import torch
 from torch import nn
 
 import bnnkit
-from bnnkit.binarize import ApproxSign, ClippedSTESign, EDESign, MeanAbsScale
+from bnnkit.binarize import (
+    ApproxSign,
+    ClippedSTESign,
+    EDESign,
+    IdentitySTESign,
+    LearnableScale,
+    MeanAbsScale,
+    StdNormApproxSign,
+)
 from bnnkit.methods import Method, TrainState, binarize_, binary_layers, get_method, list_methods
 from bnnkit.methods.irnet import LibraPBSign, PowerOfTwoScale, ede_schedule
+from bnnkit.methods.ovsw import StandardizedMeanAbsScale
+from bnnkit.methods.rebnn import GradRecordingScale
+from bnnkit.methods.recu import ReCUSign
 from bnnkit.nn import RSign
 
 # What each built-in method attaches: (weight binarizer, input binarizer, scale) types.
@@ -24,6 +35,9 @@ EXPECTED = {
     "bireal": (ClippedSTESign, ApproxSign, MeanAbsScale),
     "irnet": (LibraPBSign, EDESign, PowerOfTwoScale),
     "reactnet": (ClippedSTESign, RSign, MeanAbsScale),
+    "recu": (ReCUSign, StdNormApproxSign, LearnableScale),
+    "rebnn": (ClippedSTESign, RSign, GradRecordingScale),
+    "ovsw": (IdentitySTESign, StdNormApproxSign, StandardizedMeanAbsScale),
 }
 
 

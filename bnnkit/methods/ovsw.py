@@ -1,0 +1,209 @@
+"""``ovsw``: OvSW, "Overcoming Silent Weights for Accurate Binary Neural Networks" (Xiang et al.,
+ECCV 2024).
+
+From the official code (methods.md §4): sign of the raw weight with the identity STE, a
+no-grad scale mean|standardised W|, inputs divided by their (detached) per-sample std, and
+two gradient rules applied after AMP unscale and before the optimizer step: Adaptive Gradient
+Scaling (AGS) and Silence Awareness Decaying (SAD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bnnkit.binarize import (
+    IdentitySTESign,
+    LearnableScale,
+    Scale,
+    StdNormApproxSign,
+    channel_mean_abs,
+    sign,
+    standardize,
+)
+from bnnkit.methods.base import (
+    LayerList,
+    Method,
+    TrainState,
+    check_range,
+    get_method,
+    register_method,
+)
+from bnnkit.nn import BinaryLayer
+
+
+class StandardizedMeanAbsScale(Scale):
+    r"""OvSW's scale :math:`s_c = \mathrm{mean}|(W_c - \mu_c) / \sqrt{\sigma_c^2 + 10^{-5}}|`,
+    no gradient (unbiased variance). About √(2/π) ≈ 0.8 for Gaussian weights."""
+
+    def forward(self, weight: Tensor) -> Tensor:
+        with torch.no_grad():
+            return channel_mean_abs(standardize(weight, eps=1e-5, unbiased=True))
+
+
+class SADState(nn.Module):
+    """Per-layer OvSW buffers: ``weight_prev`` (W at the previous step, init W0) and
+    ``tracker`` (EMA of sign changes, init 0, or 1 with ``track_ones``), plus the last step's
+    ``silent`` fraction and mean AGS ratio (0-d, for metrics)."""
+
+    def __init__(self, weight: Tensor, track_ones: bool = False) -> None:
+        super().__init__()
+        w = weight.detach()
+        self.register_buffer("weight_prev", w.clone())
+        self.register_buffer("tracker", torch.ones_like(w) if track_ones else torch.zeros_like(w))
+        # False after a build or a stage-init load: the first step takes W_prev from the live
+        # weights (same as W0 from scratch; the loaded weights in a two-step stage 2).
+        self.register_buffer("primed", torch.zeros((), dtype=torch.bool, device=w.device))
+        self.register_buffer("silent_fraction", torch.ones((), dtype=w.dtype), persistent=False)
+        self.register_buffer("ags_ratio", torch.zeros((), dtype=w.dtype), persistent=False)
+
+
+def ags_(grad: Tensor, weight: Tensor, delta: float) -> Tensor:
+    r"""Adaptive Gradient Scaling, in place on ``grad``; returns the per-channel ratio r.
+
+    Per output channel: :math:`g_n = \max(\lVert g_c\rVert_2, 10^{-6})`,
+    :math:`w_n = \max(\lVert w_c\rVert_2, 10^{-3})`, :math:`r = g_n / w_n`; where
+    :math:`r < \delta`, :math:`g_c \leftarrow g_c \cdot \delta w_n / g_n` (a lower bound on the
+    gradient-to-weight norm ratio: gradients are only ever scaled up).
+    """
+    shape = (-1,) + (1,) * (grad.ndim - 1)
+    gn = grad.flatten(1).norm(dim=1).clamp_min(1e-6)
+    wn = weight.detach().flatten(1).norm(dim=1).clamp_min(1e-3)
+    r = gn / wn
+    factor = torch.where(r < delta, delta * wn / gn, torch.ones_like(r))
+    grad.mul_(factor.view(shape))
+    return r
+
+
+def sad_(
+    grad: Tensor, weight: Tensor, state: SADState, lam: float, m: float, theta: float
+) -> Tensor:
+    r"""Silence Awareness Decaying, in place on ``grad`` and the state; returns the silent mask.
+
+    :math:`T \leftarrow m T + (1 - m) 1[\mathrm{sign}(W) \ne \mathrm{sign}(W_{prev})]`,
+    silent :math:`= T < \theta`, :math:`g \leftarrow g + \lambda\,\mathrm{silent} \odot W`,
+    :math:`W_{prev} \leftarrow W` (the pre-step weights).
+    """
+    w = weight.detach()
+    state.weight_prev.copy_(torch.where(state.primed, state.weight_prev, w))
+    state.primed.fill_(True)
+    flipped = (sign(w) != sign(state.weight_prev)).to(state.tracker.dtype)
+    state.tracker.mul_(m).add_(flipped, alpha=1.0 - m)
+    silent = state.tracker < theta
+    grad.add_(silent.to(grad.dtype) * w, alpha=lam)
+    state.weight_prev.copy_(w)
+    return silent
+
+
+@register_method
+@dataclass(frozen=True)
+class OvSW(Method):
+    r"""OvSW (Xiang et al., ECCV 2024), as in the official code.
+
+    Forward: :math:`s_c\,\mathrm{sign}(W) * \mathrm{sign}(\hat a)`, identity STE for W,
+    ApproxSign on :math:`\hat a = a / \mathrm{std}(a)` (detached std, training only).
+    ``before_optimizer_step``: :func:`ags_` then :func:`sad_` on every binary layer's weight
+    gradient (the engine calls it after AMP unscale, so the rules see true gradients; the SAD
+    term then goes through momentum, on top of the optimizer's own weight decay).
+
+    Args:
+        delta: AGS lower bound δ on ‖g‖/‖w‖ (ImageNet 0.01; CIFAR sweep 0.04).
+        lam: SAD extra decay λ on silent weights (ImageNet 2e-5; CIFAR sweep 9e-4).
+        m: tracker momentum (0.999).
+        theta: silence threshold θ on the tracker (1e-4).
+        learnable_scale: a learnable per-channel scale initialised to mean|W| (the code's
+            ``--scaling_factor True``) instead of the no-grad standardised mean.
+        input_bias: learnable shift before the input normalisation (two-step variants).
+        track_ones: start the tracker at 1 (nothing silent at first) instead of 0.
+        base: another method (name, dict or Method) whose binarizers, scale and schedule are
+            used, with OvSW's gradient rules on top (e.g. ``{name: ovsw, base: recu}``).
+            Meaningful with methods whose weight gradient is dense: ``recu``, ``reactnet``,
+            ``bireal``, ``ste``, ``xnor``.
+
+    Departure: sign(0) = +1 in the flip test (the code's torch.sign gives 0).
+    """
+
+    name: ClassVar[str] = "ovsw"
+    delta: float = 0.01
+    lam: float = 2e-5
+    m: float = 0.999
+    theta: float = 1e-4
+    learnable_scale: bool = False
+    input_bias: bool = False
+    track_ones: bool = False
+    base: Any = None
+
+    def __post_init__(self) -> None:
+        check_range(self, "delta", low=0.0)
+        check_range(self, "lam", low=0.0)
+        check_range(self, "m", low=0.0, high=1.0, high_inclusive=False)
+        check_range(self, "theta", low=0.0)
+        if self.base is not None:
+            base = get_method(self.base)
+            if base.name == self.name:
+                raise ValueError("ovsw.base cannot be ovsw itself")
+            object.__setattr__(self, "base", base)
+
+    def fields(self) -> dict[str, Any]:
+        out = super().fields()
+        if self.base is not None:
+            out["base"] = self.base.to_config()
+        return out
+
+    # -- binarizers: the base method's, or OvSW's own -------------------------------------------
+    def build_weight_binarizer(self, layer: BinaryLayer) -> nn.Module | None:
+        return self.base.build_weight_binarizer(layer) if self.base else IdentitySTESign()
+
+    def build_input_binarizer(self, layer: BinaryLayer) -> nn.Module | None:
+        if self.base:
+            return self.base.build_input_binarizer(layer)
+        channels = layer.num_input_channels if self.input_bias else None
+        return StdNormApproxSign(detach_std=True, num_channels=channels)
+
+    def build_scale(self, layer: BinaryLayer) -> Scale | None:
+        if self.base:
+            return self.base.build_scale(layer)
+        if self.learnable_scale:
+            return LearnableScale(layer.num_output_channels, init="mean_abs", weight=layer.weight)
+        return StandardizedMeanAbsScale()
+
+    def build_layer_state(self, layer: BinaryLayer) -> nn.Module:
+        return SADState(layer.weight, self.track_ones)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return self.base.param_groups(model) if self.base else super().param_groups(model)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def on_step_start(self, layers: LayerList, state: TrainState) -> None:
+        if self.base:
+            self.base.on_step_start(layers, state)
+
+    def extra_losses(
+        self, layers: LayerList, outputs: Tensor, targets: Tensor
+    ) -> dict[str, Tensor]:
+        return self.base.extra_losses(layers, outputs, targets) if self.base else {}
+
+    def before_optimizer_step(self, layers: LayerList, state: TrainState) -> None:
+        if self.base:
+            self.base.before_optimizer_step(layers, state)
+        for _, layer in layers:
+            grad, st = layer.weight.grad, layer.method_state
+            if grad is None or not isinstance(st, SADState):
+                continue
+            r = ags_(grad, layer.weight, self.delta)
+            silent = sad_(grad, layer.weight, st, self.lam, self.m, self.theta)
+            st.ags_ratio.copy_(r.mean())
+            st.silent_fraction.copy_(silent.to(st.silent_fraction.dtype).mean())
+
+    def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
+        metrics = dict(self.base.after_optimizer_step(layers, state) or {}) if self.base else {}
+        states = [(layer.weight.numel(), layer.method_state) for _, layer in layers]
+        states = [(n, s) for n, s in states if isinstance(s, SADState)]
+        if states:
+            total = sum(n for n, _ in states)
+            metrics["ovsw/silent"] = sum(n * s.silent_fraction for n, s in states) / total
+            metrics["ovsw/ags_ratio"] = torch.stack([s.ags_ratio for _, s in states]).mean()
+        return metrics
