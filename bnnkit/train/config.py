@@ -431,6 +431,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, yaml.safe_load(value) if value.strip() else None
 
 
+def _has_path(node: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if isinstance(node, str) and part != parts[-1]:
+            node = {"name": node}
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _is_method_name(parts: list[str]) -> bool:
     return parts[-1] == "method" or parts[-2:] == ["method", "name"]
 
@@ -440,6 +450,8 @@ def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
 
     Setting ``method.name`` (or ``method``) replaces that method section: the recipe's
     hyperparameters belong to the old method. Other ``method.*`` overrides apply after it.
+    A top-level override of a stage key (``training.epochs=1``) also overrides every stage
+    that sets the same key; ``stages.N.training.epochs=1`` targets one stage.
     """
     raw = copy.deepcopy(raw)
     if isinstance(overrides, dict):
@@ -447,6 +459,15 @@ def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
     else:
         items = [parse_override(o) for o in overrides]
     items.sort(key=lambda item: not _is_method_name(item[0]))  # method switches first
+    stages = raw.get("stages")
+    if isinstance(stages, list):  # a top-level stage key also overrides the stages that set it
+        items += [
+            (["stages", str(i), *parts], value)
+            for parts, value in list(items)
+            if parts[0] in STAGE_KEYS
+            for i, stage in enumerate(stages)
+            if isinstance(stage, dict) and _has_path(stage, parts)
+        ]
     for parts, value in items:
         if parts[0] not in TOP_KEYS:
             raise ConfigError(

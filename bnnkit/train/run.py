@@ -241,6 +241,7 @@ def _run_stages(
         stage = cfg.stages[index]
         resuming = ckpt is not None and index == start_stage
         if resuming and ckpt["progress"]["epoch"] >= stage.training.epochs:
+            ck.set_rng_state(ckpt["rng"])  # the next stage's init draws from the saved stream
             continue  # that stage finished; its weights start the next one
         model = build_model(cfg, stage, data.num_classes).to(dist.device)
         if stage.training.channels_last and dist.device.type == "cuda":

@@ -251,3 +251,31 @@ def test_per_step_schedule_and_label_smoothing_and_clipping_run(tmp_path):
     lrs = [e["lr"] for e in events(tmp_path / "run", "train")]
     assert len(set(lrs)) == len(lrs)  # changes within epochs
     assert math.isfinite(result.final_top1)
+
+
+def test_resume_at_a_stage_boundary_matches_the_uninterrupted_run(tmp_path):
+    stages = [
+        {
+            "name": "step1",
+            "method": {"name": "reactnet", "weights": "float"},
+            "training": {"epochs": 1},
+        },
+        {
+            "name": "step2",
+            "method": {"name": "recu", "input_bias": True},
+            "training": {"epochs": 1},
+        },
+    ]  # ReCU's alpha is drawn U[0, 1) when stage 2 is built: the RNG stream must continue
+    train(recipe(stages=stages), out=tmp_path / "full")
+
+    def stop_after_step1(result):
+        if result.stage == "step1":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe(stages=stages), out=tmp_path / "cut", callbacks=[stop_after_step1])
+    train(resume=tmp_path / "cut")
+    a, b = load_checkpoint(tmp_path / "full")["model"], load_checkpoint(tmp_path / "cut")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = events(tmp_path / "full", "train"), events(tmp_path / "cut", "train")
+    assert [e["loss"] for e in la] == [e["loss"] for e in lb]
