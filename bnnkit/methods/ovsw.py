@@ -205,5 +205,9 @@ class OvSW(Method):
         if states:
             total = sum(n for n, _ in states)
             metrics["ovsw/silent"] = sum(n * s.silent_fraction for n, s in states) / total
-            metrics["ovsw/ags_ratio"] = torch.stack([s.ags_ratio for _, s in states]).mean()
+            # mean r over the channels of all layers (each layer's mean weighted by its channels)
+            channels = [(st.weight_prev.shape[0], st) for _, st in states]
+            metrics["ovsw/ags_ratio"] = sum(c * st.ags_ratio for c, st in channels) / sum(
+                c for c, _ in channels
+            )
         return metrics

@@ -39,7 +39,8 @@ class ReBNNState(nn.Module):
 
     ``prev_sign``: sign of W at the previous iteration (b^t), refreshed after every step;
     ``gamma``: γ per output channel; ``grad_max``: :math:`\\max_j |\\partial L/\\partial \\hat w_{ij}|`
-    of the current step, recorded during backward; ``primed``: whether ``prev_sign`` holds a
+    of the current step, recorded during backward (``grad_hat`` accumulates the step's
+    :math:`\\partial L/\\partial \\hat w` over its backward passes); ``primed``: whether ``prev_sign`` holds a
     real previous iteration (False after a fresh build or a stage-init load).
     """
 
@@ -120,9 +121,11 @@ class GradRecordingScale(Scale):
         return out
 
     def _record(self, g: Tensor) -> None:
+        # Accumulated over the backward passes of a step (gradient accumulation, a layer
+        # used twice); ReBNN.after_optimizer_step resets it.
         st = self._state
-        st.grad_hat.copy_(g.detach())
-        st.grad_max.copy_(g.detach().abs().flatten(1).amax(1))
+        st.grad_hat.add_(g.detach())
+        st.grad_max.copy_(st.grad_hat.abs().flatten(1).amax(1))
 
 
 @register_method
@@ -270,6 +273,7 @@ class ReBNN(Method):
             elif self.gamma_mode == "max":
                 st.gamma.copy_(st.grad_max)
             st.prev_sign.copy_(new)
+            st.grad_hat.zero_()  # the next step accumulates afresh
             states.append(st)
         if states:
             metrics["rebnn/recon_loss"] = torch.stack([s.recon_loss for s in states]).sum()

@@ -64,7 +64,10 @@ def test_list_recipes(capsys):
 def test_quickstart_default_run(tmp_path, capsys):
     pytest.importorskip("sklearn", reason="the quickstart's digits data set needs scikit-learn")
     # the shipped quickstart, shortened (its full 30-epoch time is a figure in RESULTS.md)
-    assert main(["train", "training.epochs=8", "logging.progress=off", "--out", str(tmp_path / "q")]) == 0
+    assert (
+        main(["train", "training.epochs=8", "logging.progress=off", "--out", str(tmp_path / "q")])
+        == 0
+    )
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert summary["best_top1"] > 90.0  # 10 classes: chance is 10%
     assert "reactnet" in capsys.readouterr().out
