@@ -25,6 +25,7 @@ from bnnkit.methods.base import (
     get_method,
     list_methods,
     register_method,
+    resolve_base,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "get_method",
     "list_methods",
     "register_method",
+    "resolve_base",
 ]

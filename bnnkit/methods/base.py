@@ -123,8 +123,12 @@ class Method:
 
     # -- helpers ---------------------------------------------------------------------------------
     def fields(self) -> dict[str, Any]:
-        """The hyperparameters as a dict (``name`` excluded)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The hyperparameters as a dict (``name`` excluded); a composed method (a field
+        holding another ``Method``, such as ``base``) appears as its own config dict."""
+        return {
+            f.name: v.to_config() if isinstance(v := getattr(self, f.name), Method) else v
+            for f in dataclasses.fields(self)
+        }
 
     def to_config(self) -> dict[str, Any]:
         """``{"name": ..., **fields}``, the form recipes use."""
@@ -218,6 +222,20 @@ def check_choice(method: Method, field: str, choices: Iterable[Any]) -> None:
     value = getattr(method, field)
     if value not in choices:
         raise ValueError(f"{method.name}.{field} = {value!r} is not valid; choose one of {choices}")
+
+
+def resolve_base(method: Method, field: str = "base") -> None:
+    """In ``__post_init__``: turn ``method.<field>`` (a name, dict or Method) into a Method.
+
+    Raises ``ValueError`` for an unknown method or a method composed with itself.
+    """
+    value = getattr(method, field)
+    if value is None:
+        return
+    base = get_method(value)
+    if base.name == method.name:
+        raise ValueError(f"{method.name}.{field} cannot be {method.name} itself")
+    object.__setattr__(method, field, base)
 
 
 def check_ordered(method: Method, low_field: str, high_field: str) -> None:

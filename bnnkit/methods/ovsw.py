@@ -29,8 +29,8 @@ from bnnkit.methods.base import (
     Method,
     TrainState,
     check_range,
-    get_method,
     register_method,
+    resolve_base,
 )
 from bnnkit.nn import BinaryLayer
 
@@ -141,17 +141,7 @@ class OvSW(Method):
         check_range(self, "lam", low=0.0)
         check_range(self, "m", low=0.0, high=1.0, high_inclusive=False)
         check_range(self, "theta", low=0.0)
-        if self.base is not None:
-            base = get_method(self.base)
-            if base.name == self.name:
-                raise ValueError("ovsw.base cannot be ovsw itself")
-            object.__setattr__(self, "base", base)
-
-    def fields(self) -> dict[str, Any]:
-        out = super().fields()
-        if self.base is not None:
-            out["base"] = self.base.to_config()
-        return out
+        resolve_base(self)
 
     # -- binarizers: the base method's, or OvSW's own -------------------------------------------
     def build_weight_binarizer(self, layer: BinaryLayer) -> nn.Module | None:

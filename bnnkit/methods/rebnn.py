@@ -24,8 +24,8 @@ from bnnkit.methods.base import (
     TrainState,
     check_choice,
     check_range,
-    get_method,
     register_method,
+    resolve_base,
 )
 from bnnkit.nn import BinaryLayer, RSign
 
@@ -179,17 +179,9 @@ class ReBNN(Method):
         check_choice(self, "gamma_mode", GAMMA_MODES)
         check_choice(self, "variant", ("paper", "official_code"))
         check_range(self, "gamma", low=0.0)
-        if self.base is not None:
-            base = get_method(self.base)
-            if base.name == self.name or self.variant == "official_code":
-                raise ValueError("rebnn.base needs variant 'paper' and another method than rebnn")
-            object.__setattr__(self, "base", base)
-
-    def fields(self) -> dict[str, Any]:
-        out = super().fields()
-        if self.base is not None:
-            out["base"] = self.base.to_config()
-        return out
+        if self.base is not None and self.variant == "official_code":
+            raise ValueError("rebnn.base needs variant 'paper' (official_code has its own scale)")
+        resolve_base(self)
 
     def _gamma0(self) -> float:
         return {"constant": CODE_GAMMA, "fixed": self.gamma}.get(self.gamma_mode, 0.0)

@@ -194,28 +194,16 @@ def train(
         tensorboard=cfg.logging.tensorboard,
         progress=cfg.logging.progress,
     )
-    try:
-        return _run(cfg, ckpt, run_dir, dist, logger, teacher, callbacks)
-    finally:
-        logger.close()
-        shutdown(dist)
-
-
-def _run(
-    cfg: RunConfig,
-    ckpt: dict | None,
-    run_dir: Path,
-    dist: Dist,
-    logger: RunLogger,
-    teacher: nn.Module | None,
-    callbacks: Sequence[Callable],
-) -> RunResult:
     start = time.time() - (ckpt["seconds"] if ckpt else 0.0)
-    data = _build_data(cfg, dist)
+    data = None
     try:
+        data = _build_data(cfg, dist)
         return _run_stages(cfg, ckpt, run_dir, dist, logger, teacher, callbacks, data, start)
     finally:
-        data.close()
+        if data is not None:
+            data.close()
+        logger.close()
+        shutdown(dist)
 
 
 def _run_stages(

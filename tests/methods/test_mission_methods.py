@@ -114,7 +114,7 @@ def test_ovsw_on_recu_keeps_the_tau_schedule_and_the_gradient_rules():
 
 
 def test_bad_compositions_are_refused():
-    with pytest.raises(ValueError, match=r"ovsw\.base cannot be ovsw"):
+    with pytest.raises(ValueError, match=r"ovsw\.base cannot be ovsw itself"):
         get_method("ovsw", base="ovsw")
     with pytest.raises(ValueError, match="variant 'paper'"):
         get_method("rebnn", base="reactnet", variant="official_code")
