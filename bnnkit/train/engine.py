@@ -2,9 +2,10 @@
 
 One step, in this order (design.md)::
 
-    forward (autocast) -> loss + method.extra_losses -> backward (GradScaler) -> unscale
+    learning rate (a pure function of the position) -> method.on_step_start -> forward
+    (autocast) -> loss + method.extra_losses -> backward (GradScaler) -> unscale
     -> method.before_optimizer_step -> clip -> optimizer.step -> method.after_optimizer_step
-    -> learning rate of the next step -> log (every ``log_every`` steps)
+    -> log (every ``log_every`` steps)
 
 and per epoch: evaluation, then ``last.pt`` / ``best.pt``. Nothing inside a step reads a
 value back to the host: losses and the non-finite flag accumulate on the device and are read
