@@ -26,6 +26,7 @@ import yaml
 
 from bnnkit.data.config import DataConfig
 from bnnkit.methods import Method, get_method
+from bnnkit.methods.base import METHODS
 from bnnkit.models import model_info
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -372,7 +373,10 @@ def _build_method(raw: Any, key: str) -> Method:
     if not isinstance(raw, dict) or "name" not in raw:
         raise ConfigError(f"{key} must be a mapping with a 'name' (e.g. {{name: reactnet}})")
     try:
-        return get_method(dict(raw))
+        hints = typing.get_type_hints(METHODS.get(raw["name"]))
+        raw = {k: _coerce(v, hints[k], f"{key}.{k}") if k in hints and k != "name" else v
+               for k, v in raw.items()}  # fmt: skip
+        return get_method(raw)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{key}: {err}") from None
 

@@ -49,6 +49,14 @@ def test_dotted_overrides_and_yaml_values():
     assert cfg.stages[0].method.t_max == 5.0
 
 
+def test_method_fields_are_coerced_like_other_sections():
+    # YAML 1.1 reads 9e-4 (no dot) as a string; method fields get their declared type
+    cfg = load_recipe(BASE, ["method.name=ovsw", "method.lam=9e-4", "method.learnable_scale=true"])
+    assert cfg.stages[0].method.lam == 9e-4 and cfg.stages[0].method.learnable_scale is True
+    with pytest.raises(ConfigError, match=r"method.delta must be a number, got 'big'"):
+        load_recipe(BASE, ["method.name=ovsw", "method.delta=big"])
+
+
 def test_switching_method_drops_the_old_methods_fields():
     cfg = load_recipe(BASE, ["method.name=ste"])
     assert cfg.stages[0].method.name == "ste"
