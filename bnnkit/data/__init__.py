@@ -98,7 +98,7 @@ def build_data(
     if not isinstance(cfg, DataConfig):
         raise TypeError(f"build_data expects a DataConfig, got {type(cfg).__name__}")
     if cfg.name == "imagenet":
-        from bnnkit.data.imagenet import build_imagenet  # lazy: PIL/torchvision only here
+        from bnnkit.data.imagenet import build_imagenet  # lazy: Pillow is needed only here
 
         return build_imagenet(cfg, device=device, rank=rank, world_size=world_size, seed=seed)
     builders = {

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -30,14 +31,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used here; the message says why and what to do."""
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``."""
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """``write`` into a temp file next to ``path``, fsync, then rename over ``path``; on any
+    failure the temp file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +47,16 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (``config.yaml``, ``summary.json``)."""
+    return _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def rng_state() -> dict[str, Any]:

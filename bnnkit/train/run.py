@@ -125,9 +125,7 @@ def _write_config(run_dir: Path, cfg: RunConfig) -> None:
         },
         "git": _git_revision(),
     }
-    tmp = run_dir / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(run_dir / "config.yaml")
+    ck.atomic_write_text(yaml.safe_dump(doc, sort_keys=False), run_dir / "config.yaml")
 
 
 def _load_teacher(spec: str | nn.Module | None, device: torch.device) -> nn.Module | None:
@@ -354,9 +352,7 @@ def _finish(run_dir: Path, results: list[dict[str, Any]], seconds: float, dist: 
     )  # fmt: skip
     if dist.is_main:
         summary = {k: v for k, v in asdict(result).items() if k != "run_dir"}
-        tmp = run_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(run_dir / "summary.json")
+        ck.atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
     return result
 
 
