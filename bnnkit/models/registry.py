@@ -61,6 +61,11 @@ def model_info(name: str) -> ModelInfo:
     return MODELS.get(name)
 
 
+def model_options(name: str) -> list[str]:
+    """The keyword options of model ``name`` (``num_classes`` excluded)."""
+    return [p for p in inspect.signature(MODELS.get(name).fn).parameters if p != "num_classes"]
+
+
 def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model.
 
@@ -73,7 +78,7 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
         ValueError: unknown model name or option (the message lists the valid ones).
     """
     info = MODELS.get(name)
-    valid = [p for p in inspect.signature(info.fn).parameters if p != "num_classes"]
+    valid = model_options(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"model {name!r} has no option(s) {unknown}; valid options: {valid}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import os
 import types
 import typing
@@ -27,7 +26,7 @@ import yaml
 from bnnkit.data.config import DataConfig
 from bnnkit.methods import Method, get_method
 from bnnkit.methods.base import METHODS
-from bnnkit.models import model_info
+from bnnkit.models import model_info, model_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DECAY_RULES = ("all", "no_1d", "conv_fc_names")
@@ -392,7 +391,7 @@ def _build_model(raw: Any) -> ModelConfig:
         info = model_info(name)
     except ValueError as err:
         raise ConfigError(f"model.name: {err}") from None
-    valid = [p for p in inspect.signature(info.fn).parameters if p != "num_classes"]
+    valid = model_options(info.name)
     unknown = sorted(set(raw) - set(valid))
     if unknown:
         raise ConfigError(
