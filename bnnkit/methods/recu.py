@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from bnnkit.binarize import LearnableScale, Scale, StdNormApproxSign, identity_ste_sign
+from bnnkit.diagnostics.dynamics import sign_input
 from bnnkit.methods.base import (
     LayerList,
     Method,
@@ -72,15 +73,34 @@ class ReCUSign(nn.Module):
     """
 
     tau: Tensor
+    clamped: Tensor
 
     def __init__(self, tau: float = 0.85) -> None:
         super().__init__()
         self.register_buffer("tau", torch.tensor(float(tau)))
+        # diagnostics: fraction of |w1| > Q at the last forward (not saved in checkpoints)
+        self.register_buffer("clamped", torch.zeros(()), persistent=False)
+
+    def clamp_input(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """``(clamp(w1, -Q, Q), Q)``: the tensor the sign is taken of, and the threshold."""
+        w1 = recu_standardize(w)
+        q = recu_threshold(w1, self.tau.to(w1.dtype))
+        return torch.clamp(w1, -q, q), q
 
     def forward(self, w: Tensor) -> Tensor:
         w1 = recu_standardize(w)
         q = recu_threshold(w1, self.tau.to(w1.dtype))
+        if self.training:
+            with torch.no_grad():
+                self.clamped.copy_((w1.abs() > q).float().mean())
         return identity_ste_sign(torch.clamp(w1, -q, q))
+
+
+@sign_input.register
+def _recu_sign_input(binarizer: ReCUSign, weight: Tensor) -> Tensor:
+    """ReCU takes the sign of the standardised, clamped weight (diagnostics use it)."""
+    with torch.no_grad():
+        return binarizer.clamp_input(weight)[0]
 
 
 @register_method
@@ -129,3 +149,19 @@ class ReCU(Method):
         for _, layer in layers:
             if isinstance(layer.weight_binarizer, ReCUSign):
                 layer.weight_binarizer.tau.fill_(tau)
+
+    def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
+        """Method metrics: ``recu/tau`` and ``recu/clamped``, the fraction of weights beyond
+        ±Q(τ) at this step's forward (all ReCU layers, weighted by size)."""
+        binarizers = [
+            (layer.weight.numel(), layer.weight_binarizer)
+            for _, layer in layers
+            if isinstance(layer.weight_binarizer, ReCUSign)
+        ]
+        if not binarizers:
+            return {}
+        total = sum(n for n, _ in binarizers)
+        return {
+            "recu/tau": binarizers[0][1].tau.clone(),
+            "recu/clamped": sum(n * b.clamped for n, b in binarizers) / total,
+        }

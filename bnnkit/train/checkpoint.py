@@ -54,6 +54,11 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` atomically (dynamics dumps)."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_text(text: str, path: str | Path) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (``config.yaml``, ``summary.json``)."""
     return _atomic_write(path, lambda f: f.write(text.encode()))

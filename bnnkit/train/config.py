@@ -199,6 +199,34 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class DiagnosticsConfig:
+    """``diagnostics:`` section: the training-dynamics trackers (:mod:`bnnkit.diagnostics`).
+
+    Attributes:
+        enabled: track flips, oscillation, back-and-forth, silent and dead weights of every
+            binary-weight layer (4 bytes of state per weight; a few % of step time).
+        every: update the trackers every this many optimizer steps (1: every step; with
+            more, a flip undone between two updates is not seen).
+        hist_every: latent-weight histograms every this many epochs (0: only at the start
+            and the end of each stage).
+        hist_bins: bins per histogram.
+        keep_dumps: keep the per-weight flip counts of every epoch
+            (``dynamics/<stage>-epochNNN-flips.safetensors``) instead of only the latest.
+    """
+
+    enabled: bool = True
+    every: int = 1
+    hist_every: int = 1
+    hist_bins: int = 64
+    keep_dumps: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("diagnostics.every", self.every)
+        _nonneg("diagnostics.hist_every", self.hist_every)
+        _positive("diagnostics.hist_bins", self.hist_bins)
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """One training stage, fully resolved."""
 
@@ -220,6 +248,7 @@ class RunConfig:
     logging: LoggingConfig
     stages: tuple[StageConfig, ...]
     raw: dict[str, Any] = field(compare=False, repr=False)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what ``config.yaml`` and checkpoints hold)."""
@@ -228,6 +257,7 @@ class RunConfig:
             "data": _plain(self.data),
             "model": {"name": self.model.name, **self.model.options},
             "logging": _plain(self.logging),
+            "diagnostics": _plain(self.diagnostics),
             "stages": [
                 {
                     "name": s.name,
@@ -243,7 +273,7 @@ class RunConfig:
 
 
 STAGE_KEYS = ("method", "optimizer", "schedule", "training", "kd")
-TOP_KEYS = ("name", "base", "data", "model", "logging", "stages", *STAGE_KEYS)
+TOP_KEYS = ("name", "base", "data", "model", "logging", "diagnostics", "stages", *STAGE_KEYS)
 SECTION_TYPES = {
     "data": DataConfig,
     "optimizer": OptimizerConfig,
@@ -251,6 +281,7 @@ SECTION_TYPES = {
     "training": TrainingConfig,
     "kd": KDConfig,
     "logging": LoggingConfig,
+    "diagnostics": DiagnosticsConfig,
 }
 
 
@@ -526,6 +557,7 @@ def load_recipe(
         data=build_section(DataConfig, raw.get("data"), "data"),
         model=_build_model(raw.get("model") or {"name": "mlp"}),
         logging=build_section(LoggingConfig, raw.get("logging"), "logging"),
+        diagnostics=build_section(DiagnosticsConfig, raw.get("diagnostics"), "diagnostics"),
         stages=stages,
         raw=raw,
     )

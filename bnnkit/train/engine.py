@@ -4,8 +4,13 @@ One step, in this order (design.md)::
 
     learning rate (a pure function of the position) -> method.on_step_start -> forward
     (autocast) -> loss + method.extra_losses -> backward (GradScaler) -> unscale
-    -> method.before_optimizer_step -> clip -> optimizer.step -> method.after_optimizer_step
-    -> log (every ``log_every`` steps)
+    -> [dynamics: dead weights] -> method.before_optimizer_step -> clip -> optimizer.step
+    -> method.after_optimizer_step -> [dynamics: flips] -> log (every ``log_every`` steps)
+
+The dynamics trackers (:class:`bnnkit.diagnostics.Dynamics`, every ``diagnostics.every``
+steps) read the gradients right after ``backward`` and unscaling, before the method's gradient
+rules, so "dead" means no *task* gradient; they read the signs after the method's
+``after_optimizer_step`` (which may clamp weights).
 
 and per epoch: evaluation, then ``last.pt`` / ``best.pt``. Nothing inside a step reads a
 value back to the host: losses and the non-finite flag accumulate on the device and are read
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from bnnkit.data.base import DataBundle
+from bnnkit.diagnostics import Dynamics
 from bnnkit.methods import TrainState, binary_layers
 from bnnkit.train.config import StageConfig
 from bnnkit.train.distributed import Dist
@@ -53,6 +59,7 @@ class EpochResult:
     top5: float | None = None
     val_loss: float | None = None
     is_best: bool = False
+    dynamics: dict[str, Any] = field(default_factory=dict)  # epoch metrics, keys "dyn/..."
 
 
 @dataclass
@@ -126,6 +133,9 @@ class StageTrainer:
         progress: StageProgress,
         save: Callable[[StageProgress, bool], None],
         callbacks: Sequence[Callable[[EpochResult], None]] = (),
+        dynamics: Dynamics | None = None,
+        dynamics_every: int = 1,
+        on_epoch_end: Callable[[int], None] | None = None,
     ) -> None:
         self.stage, self.model, self.forward_model = stage, model, forward_model
         self.method = stage.method
@@ -134,6 +144,11 @@ class StageTrainer:
         self.data, self.dist, self.logger = data, dist, logger
         self.log_every, self.progress, self.save = log_every, progress, save
         self.callbacks = callbacks
+        self.dynamics, self.dynamics_every, self.on_epoch_end = (
+            dynamics,
+            dynamics_every,
+            on_epoch_end,
+        )
         self.epochs = stage.training.epochs
         self.base_lr = stage.optimizer.lr
         self.autocast = _autocast_factory(stage.training.amp, dist.device)
@@ -146,6 +161,8 @@ class StageTrainer:
     def _step(
         self, x: Tensor, y: Tensor, state: TrainState
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        step = self.progress.step + 1  # the number this step is logged under
+        track = self.dynamics is not None and step % self.dynamics_every == 0
         self.method.on_step_start(self.layers, state)
         with self.autocast():
             out = self.forward_model(x)
@@ -158,6 +175,8 @@ class StageTrainer:
             self.scaler.unscale_(self.optimizer)
         else:
             total.backward()
+        if track:
+            self.dynamics.record_gradients()
         self.method.before_optimizer_step(self.layers, state)
         if self.stage.training.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.stage.training.grad_clip)
@@ -167,6 +186,8 @@ class StageTrainer:
         else:
             self.optimizer.step()
         metrics = self.method.after_optimizer_step(self.layers, state) or {}
+        if track:
+            self.dynamics.update(step)
         return total.detach(), extras, metrics
 
     def train_epoch(self, epoch: int) -> EpochResult:
@@ -183,6 +204,7 @@ class StageTrainer:
         t_epoch = t_window = time.perf_counter()
         self.logger.bar_start(n, f"{self.stage.name} epoch {epoch + 1}/{self.epochs}")
         lr = self._lr(epoch, 0, n)
+        last_flip = None  # the last log window's whole-model flip rate
         for i, (x, y) in enumerate(loader):
             lr = self._lr(epoch, i, n)
             set_lr(self.optimizer, lr)
@@ -206,6 +228,9 @@ class StageTrainer:
                 values = {f"loss/{k}": v for k, v in extras.items()} | {
                     f"method/{k}": v for k, v in metrics.items()
                 }
+                if self.dynamics is not None:
+                    values |= {f"dyn/{k}": v for k, v in self.dynamics.step_metrics().items()}
+                    last_flip = values.get("dyn/flip/all", last_flip)
                 record = self.logger.log(
                     "train",
                     stage=self.stage.name,
@@ -225,6 +250,11 @@ class StageTrainer:
         self._check_finite(bad, epoch)
         seconds = time.perf_counter() - t_epoch
         train_loss = float(self.dist.all_reduce_mean(loss_sum / max(n, 1)))
+        dynamics = {}
+        if self.dynamics is not None:
+            dynamics = {f"dyn/{k}": float(v) for k, v in self.dynamics.epoch_metrics().items()}
+            if last_flip is not None:
+                dynamics["dyn/flip/all"] = float(last_flip)
         return EpochResult(
             self.stage.name,
             epoch,
@@ -234,6 +264,7 @@ class StageTrainer:
             lr,
             seconds,
             seen * self.dist.world_size / max(seconds, 1e-9),
+            dynamics=dynamics,
         )
 
     def _check_finite(self, bad: Tensor, epoch: int) -> None:
@@ -261,11 +292,15 @@ class StageTrainer:
                 if result.is_best:
                     p.best_top1, p.best_top5, p.best_epoch = metrics["top1"], metrics["top5"], epoch
             p.epoch = epoch + 1
-            record = self.logger.log(
-                "epoch", **{k: v for k, v in vars(result).items() if v is not None}
+            fields = {k: v for k, v in vars(result).items() if v is not None and k != "dynamics"}
+            record = self.logger.log("epoch", **fields, **result.dynamics)
+            # checkpoints keep the whole-model dynamics only (per-layer values are in metrics.jsonl)
+            p.history.append(
+                {k: v for k, v in record.items() if not k.startswith("dyn/") or k.endswith("/all")}
             )
-            p.history.append(record)
             self.logger.message(_epoch_line(result))
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch)
             self.save(p, result.is_best)
             for callback in self.callbacks:
                 callback(result)
@@ -278,7 +313,13 @@ def _epoch_line(r: EpochResult) -> str:
         if r.top1 is not None
         else ""
     )
-    return f"[{r.stage}] epoch {r.epoch + 1}/{r.epochs} | loss {r.train_loss:.4f} | lr {r.lr:.3g} | {r.images_per_s:.0f} img/s | {r.seconds:.1f}s{acc}"
+    dyn = ""
+    if "dyn/oscillation/all" in r.dynamics:
+        d = r.dynamics
+        dyn = (
+            f" | flip {100 * d['dyn/oscillation/all']:.2f}% silent {100 * d['dyn/silent/all']:.1f}%"
+        )
+    return f"[{r.stage}] epoch {r.epoch + 1}/{r.epochs} | loss {r.train_loss:.4f} | lr {r.lr:.3g} | {r.images_per_s:.0f} img/s | {r.seconds:.1f}s{dyn}{acc}"
 
 
 def _autocast_factory(amp: str, device: torch.device) -> Callable[[], Any]:

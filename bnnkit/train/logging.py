@@ -58,6 +58,23 @@ class RunLogger:
                     self._tb.add_scalar(f"{event}/{k}", v, record["step"])
         return record
 
+    def histograms(self, records: list[dict[str, Any]], step: int) -> None:
+        """Histogram records (:meth:`bnnkit.diagnostics.Dynamics.histograms`) to TensorBoard."""
+        if self._tb is None:
+            return
+        for r in records:
+            counts = torch.tensor(r["counts"], dtype=torch.float64)
+            lo, hi = r["range"]
+            edges = torch.linspace(lo, hi, len(counts) + 1, dtype=torch.float64)
+            centers = (edges[:-1] + edges[1:]) / 2
+            n = float(counts.sum())
+            self._tb.add_histogram_raw(
+                f"dyn/hist/{r['layer']}" + ("/channel0" if r["kind"] == "channel0" else ""),
+                min=lo, max=hi, num=n, sum=float((centers * counts).sum()),
+                sum_squares=float((centers.square() * counts).sum()),
+                bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step,
+            )  # fmt: skip
+
     # -- progress bar ----------------------------------------------------------------------------
     def bar_start(self, total: int, desc: str) -> None:
         if not self.enabled or self._progress_mode == "off":

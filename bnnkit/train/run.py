@@ -5,7 +5,8 @@ Run directory (``./runs/<recipe>-<YYYYmmdd-HHMMSS>/`` unless ``out`` is given)::
     config.yaml        fully resolved recipe, versions, git revision
     metrics.jsonl      one JSON object per event (train / epoch)
     checkpoints/       last.pt (every epoch), best.pt (final stage), <stage>-best.pt (others)
-    summary.json       best / final top-1 and top-5, time, per stage
+    summary.json       best / final top-1 and top-5, time, final dynamics, per stage
+    dynamics/          tracker dumps and histograms (see :mod:`bnnkit.diagnostics.files`)
     tensorboard/       event files (when tensorboard is installed)
 """
 
@@ -30,7 +31,9 @@ from torch import nn
 
 from bnnkit._version import __version__
 from bnnkit.data import build_data
-from bnnkit.methods import binarize_, get_method
+from bnnkit.diagnostics import Dynamics
+from bnnkit.diagnostics import files as dynfiles
+from bnnkit.methods import binarize_, binary_layers, get_method
 from bnnkit.models import create_model
 from bnnkit.train import checkpoint as ck
 from bnnkit.train.config import RunConfig, StageConfig, load_recipe, parse_override
@@ -53,6 +56,7 @@ class RunResult:
     final_top5: float
     seconds: float
     stages: list[dict[str, Any]] = field(default_factory=list)
+    dynamics: dict[str, float] = field(default_factory=dict)  # final "dyn/<metric>/all" values
 
 
 def build_model(cfg: RunConfig, stage: StageConfig, num_classes: int) -> nn.Module:
@@ -255,6 +259,9 @@ def _run_stages(
             progress = StageProgress(**ckpt["progress"])
             ck.set_rng_state(ckpt["rng"])
         forward_model = _wrap(model, stage, dist)
+        dyn = _start_dynamics(
+            cfg, stage, model, data, step, ckpt if resuming else None, run_dir, dist, logger
+        )
         kd_teacher = _load_teacher(
             teacher if teacher is not None else stage.kd.teacher, dist.device
         )
@@ -273,6 +280,7 @@ def _run_stages(
             _stage=stage,
             _index=index,
             _last=last_stage,
+            _dyn=dyn,
         ) -> None:
             if not dist.is_main:
                 return
@@ -282,6 +290,7 @@ def _run_stages(
                 method=_stage.method.to_config(), model=_model.state_dict(), optimizer=_opt.state_dict(),
                 scaler=_scaler.state_dict() if _scaler is not None else None, progress=asdict(p),
                 rng=ck.rng_state(), stage_results=results, seconds=time.time() - start,
+                dynamics=_dyn.state_dict() if _dyn is not None else None,
             )  # fmt: skip
             if is_best:
                 ck.atomic_save(
@@ -293,7 +302,9 @@ def _run_stages(
         trainer = StageTrainer(
             stage=stage, model=model, forward_model=forward_model, optimizer=optimizer, scaler=scaler,
             loss_fn=loss_fn, data=data, dist=dist, logger=logger, log_every=cfg.logging.log_every,
-            progress=progress, save=save, callbacks=callbacks,
+            progress=progress, save=save, callbacks=callbacks, dynamics=dyn,
+            dynamics_every=cfg.diagnostics.every,
+            on_epoch_end=_dynamics_writer(cfg, stage, dyn, run_dir, dist, logger, progress),
         )  # fmt: skip
         progress = trainer.fit()
         step = progress.step
@@ -308,10 +319,74 @@ def _run_stages(
                 "best_epoch": progress.best_epoch + 1,
                 "final_top1": final.get("top1"),
                 "final_top5": final.get("top5"),
+                "dynamics": {
+                    k: v
+                    for k, v in (progress.history[-1] if progress.history else {}).items()
+                    if k.startswith("dyn/") and k.endswith("/all")
+                },
             }
         )
         prev_state = model.state_dict()
     return _finish(run_dir, results, time.time() - start, dist)
+
+
+def _start_dynamics(
+    cfg: RunConfig,
+    stage: StageConfig,
+    model: nn.Module,
+    data: Any,
+    step: int,
+    ckpt: dict | None,
+    run_dir: Path,
+    dist: Dist,
+    logger: RunLogger,
+) -> Dynamics | None:
+    """The stage's trackers (None when disabled or nothing is binarized); a resumed stage
+    continues the saved counts, a new one counts from its starting weights."""
+    has_binary = any(m.weight_binarizer is not None for _, m in binary_layers(model))
+    if not cfg.diagnostics.enabled or not has_binary:
+        return None
+    dyn = Dynamics(model, max_steps=stage.training.epochs * len(data.train))
+    dyn.reset(step)
+    if ckpt is not None:
+        if ckpt.get("dynamics"):
+            dyn.load_state_dict(ckpt["dynamics"])
+        else:
+            logger.message(
+                f"[{stage.name}] the checkpoint has no tracker state: dynamics count from now"
+            )
+    elif dist.is_main:
+        dynfiles.write_init(run_dir, stage.name, dyn)
+        dynfiles.append_histograms(run_dir, stage.name, 0, step, dyn, cfg.diagnostics.hist_bins)
+    return dyn
+
+
+def _dynamics_writer(
+    cfg: RunConfig,
+    stage: StageConfig,
+    dyn: Dynamics | None,
+    run_dir: Path,
+    dist: Dist,
+    logger: RunLogger,
+    progress: StageProgress,
+) -> Callable[[int], None] | None:
+    """Epoch-end writer of the flip dump and (every ``hist_every`` epochs) the histograms."""
+    if dyn is None or not dist.is_main:
+        return None
+    diag = cfg.diagnostics
+
+    def write(epoch: int) -> None:
+        dynfiles.write_flips(
+            run_dir, stage.name, epoch, progress.step, dyn, keep=diag.keep_dumps, every=diag.every
+        )
+        done = epoch + 1
+        if done == stage.training.epochs or (diag.hist_every and done % diag.hist_every == 0):
+            records = dynfiles.append_histograms(
+                run_dir, stage.name, done, progress.step, dyn, diag.hist_bins
+            )
+            logger.histograms(records, progress.step)
+
+    return write
 
 
 def _build_data(cfg: RunConfig, dist: Dist) -> Any:
@@ -349,6 +424,7 @@ def _finish(run_dir: Path, results: list[dict[str, Any]], seconds: float, dist: 
         best_top1=last.get("best_top1", float("nan")), best_top5=last.get("best_top5", float("nan")),
         best_epoch=last.get("best_epoch", 0), final_top1=last.get("final_top1") or float("nan"),
         final_top5=last.get("final_top5") or float("nan"), seconds=seconds, stages=results,
+        dynamics=last.get("dynamics") or {},
     )  # fmt: skip
     if dist.is_main:
         summary = {k: v for k, v in asdict(result).items() if k != "run_dir"}
