@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from bnnkit._version import __version__
-from bnnkit.cli import listing, summary_cmd, train_cmd
+from bnnkit.cli import dynamics_cmd, listing, summary_cmd, train_cmd
 from bnnkit.cli.errors import CLIError
 from bnnkit.data.files import DownloadError
 from bnnkit.train.checkpoint import CheckpointError
@@ -22,7 +22,7 @@ USER_ERRORS = (
     ImportError,
 )  # fmt: skip
 
-COMMANDS = (train_cmd, listing, summary_cmd)
+COMMANDS = (train_cmd, dynamics_cmd, listing, summary_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides (key=value) may follow options: `compare R --methods a,b training.epochs=3`
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
@@ -53,14 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` etc.
         sys.stderr.close()
         return 0
-    except (
-        CLIError,
-        ValueError,
-        FileExistsError,
-        FileNotFoundError,
-        CheckpointError,
-        ImportError,
-    ) as err:
+    except USER_ERRORS as err:
         print(f"bnnkit: error: {err}", file=sys.stderr)
         return 2
 

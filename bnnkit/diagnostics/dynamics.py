@@ -31,6 +31,9 @@ Per-weight state (4 bytes per tracked weight, two ``int16`` buffers per layer):
   when ``max_steps`` is None, and then steps beyond 32767 saturate), stored as ``t`` or, when
   the weight flipped at the previous update, ``~t`` (that bit drives back-and-forth).
 
+Signs are those of the tensor the binarizer takes the sign of (:func:`sign_input`): the
+latent weight, except for ReCU, whose sign is that of the channel-centred weight.
+
 Everything is updated with device tensor ops; nothing reads a value back to the host except
 :meth:`Dynamics.result`, the dumps and the histograms (called at log intervals / epoch ends).
 A weight that flips and flips back between two updates (``diagnostics.every`` > 1) is not
@@ -191,10 +194,17 @@ class Dynamics(nn.Module):
     def _weights(self) -> list[Tensor]:
         return [m.weight.detach() for m in self._modules_tracked]
 
+    def _signed(self) -> list[Tensor]:
+        """What each layer takes the sign of (:func:`sign_input`; the weight for most)."""
+        return [
+            sign_input(getattr(m, "weight_binarizer", None), m.weight.detach())
+            for m in self._modules_tracked
+        ]
+
     @torch.no_grad()
     def reset(self, step: int = 0) -> None:
         """Make the current signs the reference; clear counts, last flips and accumulators."""
-        for i, w in enumerate(self._weights()):
+        for i, w in enumerate(self._signed()):
             self._state(i).copy_(torch.where(w < 0, -1, 0).to(torch.int16))  # count 0, sign
             self._last(i).zero_()
         self.start_step.fill_(step)
@@ -209,7 +219,7 @@ class Dynamics(nn.Module):
         """Record the sign changes since the previous update (call after ``optimizer.step``)."""
         rel = self._relative(step)
         flips, backs = [], []
-        for i, w in enumerate(self._weights()):
+        for i, w in enumerate(self._signed()):
             state, last = self._state(i), self._last(i)
             count, was_neg = _decode(state)
             t, flipped_before = _decode(last)
@@ -264,10 +274,9 @@ class Dynamics(nn.Module):
     def _weight_stats(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         silent, qerr, ent = [], [], []
-        for i, m in enumerate(self._modules_tracked):
+        for i, wt in enumerate(self._signed()):
             count, _ = _decode(self._state(i))
             silent.append((count == 0).sum().to(torch.float64))
-            wt = sign_input(getattr(m, "weight_binarizer", None), m.weight.detach())
             qerr.append(quantization_error(wt).to(torch.float64))
             ent.append(laplace_entropy(wt).to(torch.float64))
         n = self.numel

@@ -1,0 +1,283 @@
+"""``bnnkit compare``: train several methods on the same recipe, data, seeds and budget, then
+tabulate accuracy and training dynamics side by side.
+
+Every (method, seed) pair is one ordinary run, ``<out>/<method>-seed<seed>/``, trained in turn
+with the recipe plus ``method.name=<method>`` and ``training.seed=<seed>`` (and the shared
+``key=value`` overrides; an override ``<method>.<field>=v`` reaches only that method, as
+``method.<field>=v``). Running the same command again resumes: finished runs (with a
+``summary.json``) are kept, an interrupted one continues from its ``last.pt``. The results
+are ``compare.md`` (the table, the command, the settings), ``compare.json`` (the numbers),
+``compare.png`` (the curves overlaid, mean over seeds) and a ``report.md`` per run.
+
+Table columns (mean ± sample std over seeds): best and final top-1; silent % at the end (OvSW's
+never-flipped weights); oscillation %, back-and-forth % and dead %, each the mean over all
+epochs of the epoch values (the papers' claims are about the whole of training); median
+seconds per epoch and training images/s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bnnkit.diagnostics.report import load_run, write_report
+from bnnkit.methods import list_methods
+
+COLUMNS = (
+    ("best_top1", "best top-1"),
+    ("final_top1", "final top-1"),
+    ("silent", "silent %"),
+    ("oscillation", "oscillation %"),
+    ("backforth", "back-and-forth %"),
+    ("dead", "dead %"),
+    ("seconds_per_epoch", "s/epoch"),
+    ("images_per_s", "images/s"),
+)
+
+
+class CompareError(ValueError):
+    """Bad compare arguments, or an output folder that holds a different comparison."""
+
+
+@dataclass
+class CompareResult:
+    """What ``compare`` produced: per method, the per-seed values and their mean/std."""
+
+    out: Path
+    methods: list[str]
+    seeds: list[int]
+    runs: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+
+    def stats(self, method: str, key: str) -> tuple[float, float, int]:
+        """``(mean, sample std (0 for one seed), n)`` of a column over the method's seeds."""
+        values = [r[key] for r in self.runs.get(method, {}).values() if r.get(key) is not None]
+        if not values:
+            return float("nan"), float("nan"), 0
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.fmean(values), std, len(values)
+
+    def table(self) -> str:
+        """The comparison as a Markdown table."""
+        header = ["method", *[label for _, label in COLUMNS], "seeds"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for m in self.methods:
+            cells = [m]
+            n = 0
+            for key, _ in COLUMNS:
+                mean, std, n = self.stats(m, key)
+                cells.append(_cell(key, mean, std, n))
+            cells.append(str(n))
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _cell(key: str, mean: float, std: float, n: int) -> str:
+    if n == 0 or mean != mean:
+        return "-"
+    digits = 0 if key == "images_per_s" else (3 if key in ("backforth", "dead") else 2)
+    text = f"{mean:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def parse_list(text: str, kind: type = str) -> list[Any]:
+    """``"a,b,c"`` -> ``["a", "b", "c"]`` (``kind`` converts each item)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise CompareError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None  # fmt: skip
+
+
+def _split_overrides(
+    overrides: Sequence[str], methods: Sequence[str]
+) -> tuple[list[str], dict[str, list[str]]]:
+    shared: list[str] = []
+    per: dict[str, list[str]] = {m: [] for m in methods}
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        head = key.split(".", 1)[0]
+        if head in per and "." in key:
+            per[head].append("method." + o.split(".", 1)[1])
+        elif key in ("method.name", "training.seed"):
+            raise CompareError(f"{key} is set by compare itself (--methods / --seeds); drop {o!r}")
+        else:
+            shared.append(o)
+    return shared, per
+
+
+def _run_values(run_dir: Path) -> dict[str, float]:
+    run = load_run(run_dir)
+    summary = run.summary
+    stage = run.stages[-1]
+    epochs = [e for e in run.epochs if e["stage"] == stage]
+
+    def mean_of(key: str) -> float | None:
+        vals = [e[key] for e in epochs if isinstance(e.get(key), (int, float))]
+        return 100 * statistics.fmean(vals) if vals else None
+
+    seconds = [e["seconds"] for e in epochs if "seconds" in e]
+    ips = [e["images_per_s"] for e in epochs if "images_per_s" in e]
+    silent = summary.get("dynamics", {}).get("dyn/silent/all")
+    return {
+        "best_top1": summary.get("best_top1"),
+        "final_top1": summary.get("final_top1"),
+        "silent": 100 * silent if silent is not None else None,
+        "oscillation": mean_of("dyn/oscillation/all"),
+        "backforth": mean_of("dyn/backforth/all"),
+        "dead": mean_of("dyn/dead/all"),
+        "seconds_per_epoch": statistics.median(seconds) if seconds else None,
+        "images_per_s": statistics.median(ips) if ips else None,
+    }
+
+
+def compare(
+    recipe: str,
+    methods: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    overrides: Sequence[str] = (),
+    *,
+    out: str | Path | None = None,
+    train_fn: Callable[..., Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CompareResult:
+    """Train every method x seed (skipping finished runs, resuming interrupted ones) and write
+    ``compare.md`` / ``compare.json`` / ``compare.png``.
+
+    Args:
+        recipe: a recipe name or path (as ``bnnkit train`` takes).
+        methods: registered method names.
+        seeds: training seeds; each method is trained once per seed.
+        overrides: ``key=value`` overrides for every run; ``<method>.<field>=v`` for one method.
+        out: the comparison folder (default ``runs/compare-<recipe>-<date-time>``).
+        train_fn: the training function (default :func:`bnnkit.train`).
+        log: where progress lines go (default stderr).
+    """
+    from bnnkit.train.config import load_recipe
+
+    log = log or (lambda text: print(text, file=sys.stderr))
+    methods = list(dict.fromkeys(methods))
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not methods:
+        raise CompareError("give at least one method, e.g. --methods ste,reactnet,recu,rebnn,ovsw")
+    if not seeds:
+        raise CompareError("give at least one seed, e.g. --seeds 0,1,2")
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown:
+        raise CompareError(f"unknown method(s) {unknown}; valid: {list_methods()}")
+    shared, per = _split_overrides(overrides, methods)
+    for m in methods:  # validate every configuration before training anything
+        load_recipe(recipe, [*shared, f"method.name={m}", *per[m]])
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = (
+            Path("runs") / f"compare-{str(recipe).replace('/', '_').removesuffix('.yaml')}-{stamp}"
+        )
+    out = Path(out)
+    spec = {"recipe": str(recipe), "overrides": list(overrides)}
+    spec_file = out / "compare.json"
+    if spec_file.is_file():
+        old = json.loads(spec_file.read_text()).get("spec", {})
+        if old and (old.get("recipe"), old.get("overrides")) != (spec["recipe"], spec["overrides"]):
+            raise CompareError(
+                f"{out} holds a comparison of {old.get('recipe')!r} with overrides "
+                f"{old.get('overrides')}; use another --out for different settings"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    if train_fn is None:
+        from bnnkit.train import train as train_fn
+    result = CompareResult(out, methods, seeds)
+    total = len(methods) * len(seeds)
+    for i, (m, s) in enumerate(((m, s) for m in methods for s in seeds), start=1):
+        run_dir = out / f"{m}-seed{s}"
+        label = f"[compare {i}/{total}] {m} seed {s}"
+        if (run_dir / "summary.json").is_file():
+            log(f"{label}: done before, kept ({run_dir})")
+        elif (run_dir / "checkpoints" / "last.pt").is_file():
+            log(f"{label}: resuming {run_dir}")
+            train_fn(resume=run_dir)
+        else:
+            if run_dir.exists():  # started but not one epoch finished: nothing to keep
+                shutil.rmtree(run_dir)
+            log(f"{label}: training into {run_dir}")
+            train_fn(recipe, [*shared, f"method.name={m}", f"training.seed={s}", *per[m]], out=run_dir)  # fmt: skip
+        result.runs.setdefault(m, {})[s] = _run_values(run_dir)
+        write_report(run_dir)
+    _write_outputs(result, spec)
+    return result
+
+
+def _write_outputs(result: CompareResult, spec: dict[str, Any]) -> None:
+    from bnnkit.train.checkpoint import atomic_write_text
+
+    out = result.out
+    figure = compare_figure(result)
+    seeds = ",".join(map(str, result.seeds))
+    command = (
+        f"bnnkit compare {spec['recipe']} --methods {','.join(result.methods)} --seeds {seeds}"
+        + "".join(f" {o}" for o in spec["overrides"])
+        + f" --out {out}"
+    )
+    lines = [
+        f"# Comparison: {spec['recipe']}",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        result.table(),
+        "",
+        "Mean ± sample std over seeds. silent: weights never flipped since the stage start, "
+        "at the end; oscillation (mean per-step flip rate), back-and-forth (flip undone at the "
+        "next step) and dead (zero gradient): means over all epochs; s/epoch and images/s: "
+        "medians over epochs. Per-run reports: `<method>-seed<seed>/report.md`.",
+    ]
+    if figure is not None:
+        lines += ["", f"![comparison]({figure.name})"]
+    atomic_write_text("\n".join(lines) + "\n", out / "compare.md")
+    doc = {
+        "spec": spec,
+        "methods": result.methods,
+        "seeds": result.seeds,
+        "runs": {m: {str(s): v for s, v in r.items()} for m, r in result.runs.items()},
+    }
+    atomic_write_text(json.dumps(doc, indent=2), out / "compare.json")
+
+
+def compare_figure(result: CompareResult) -> Path | None:
+    """Curves of every method (mean over seeds), overlaid: top-1, loss and the dynamics."""
+    from bnnkit.diagnostics.report import _pyplot, _save
+
+    plt = _pyplot()
+    if plt is None:
+        return None
+    panels = [
+        ("top1", "val top-1 (%)", 1.0),
+        ("train_loss", "train loss", 1.0),
+        ("dyn/oscillation/all", "flip rate, epoch mean (%)", 100.0),
+        ("dyn/backforth/all", "back-and-forth (%)", 100.0),
+        ("dyn/silent/all", "silent (%)", 100.0),
+        ("dyn/dead/all", "dead (%)", 100.0),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for m in result.methods:
+        runs = [load_run(result.out / f"{m}-seed{s}") for s in result.runs.get(m, {})]
+        for ax, (key, label, k) in zip(axes.flat, panels, strict=True):
+            curves = [run.series(key) for run in runs]
+            curves = [c for c in curves if c[0]]
+            if not curves:
+                continue
+            n = min(len(c[0]) for c in curves)
+            xs = curves[0][0][:n]
+            ys = [k * statistics.fmean(c[1][j] for c in curves) for j in range(n)]
+            ax.plot(xs, ys, label=m)
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("epoch")
+    axes.flat[0].legend(fontsize=8)
+    return _save(fig, plt, result.out / "compare.png")
