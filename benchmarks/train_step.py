@@ -1,0 +1,134 @@
+"""Training-step time of every method against float, with and without the dynamics trackers.
+
+Usage::
+
+    python benchmarks/train_step.py                          # resnet20, batch 128, CPU
+    python benchmarks/train_step.py --methods ste,recu --rounds 5
+    python benchmarks/train_step.py --device cuda --model resnet18_cifar --batch 256
+
+Each configuration (method x trackers off/on) gets its own model and optimizer and runs the
+engine's own step (:meth:`bnnkit.train.engine.StageTrainer._step`: method hooks, trackers,
+SGD) on one fixed random batch. Configurations are measured **alternately**: every round runs
+``--steps`` timed steps of each configuration in turn, so slow phases of a noisy machine hit
+all of them alike; the figure is the median step time over all rounds. Ratios are against
+``float`` (the same network with float convolutions, the ``float`` method) and, for trackers,
+against the same method with trackers off. Rows are appended to
+``benchmarks/results/train_step.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import torch
+from _common import append_record
+
+from bnnkit.diagnostics import Dynamics
+from bnnkit.methods import list_methods
+from bnnkit.train.config import load_recipe
+from bnnkit.train.distributed import Dist
+from bnnkit.train.engine import StageProgress, StageTrainer
+from bnnkit.train.logging import RunLogger
+from bnnkit.train.losses import TaskLoss
+from bnnkit.train.optim import build_optimizer
+from bnnkit.train.run import build_model
+
+DEFAULT_METHODS = ("ste", "xnor", "bireal", "irnet", "reactnet", "recu", "rebnn", "ovsw")
+
+
+def make_trainer(method: str, model_name: str, trackers: bool, device: torch.device) -> StageTrainer:
+    cfg = load_recipe(
+        {
+            "model": {"name": model_name},
+            "method": {"name": method},
+            "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 10},
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+        }
+    )
+    stage = cfg.stages[0]
+    model = build_model(cfg, stage, 10).to(device)
+    dyn = None
+    if trackers:
+        dyn = Dynamics(model)
+    return StageTrainer(
+        stage=stage, model=model, forward_model=model, optimizer=build_optimizer(model, stage.method, stage.optimizer),
+        scaler=None, loss_fn=TaskLoss(0.0, None, 1.0, 1.0), data=None, dist=Dist(device=device),
+        logger=RunLogger(None, tensorboard=False, progress="off"), log_every=10**9,
+        progress=StageProgress(), save=lambda *a: None, dynamics=dyn, dynamics_every=1,
+    )  # fmt: skip
+
+
+def timed_step(trainer: StageTrainer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    from bnnkit.methods import TrainState
+
+    state = TrainState(trainer.progress.step, 0, 1, 0.5, 0.01)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    trainer._step(x, y, state)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    trainer.progress.step += 1
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--no-trackers", action="store_true", help="only trackers off")
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(list_methods()))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; valid: {list_methods()}")
+    configs: list[tuple[str, bool]] = [("float", False)]
+    for m in methods:
+        configs.append((m, False))
+        if not args.no_trackers:
+            configs.append((m, True))
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    trainers = {c: make_trainer(c[0], args.model, c[1], device) for c in configs}
+    times: dict[tuple[str, bool], list[float]] = {c: [] for c in configs}
+    for c, t in trainers.items():
+        for _ in range(args.warmup):
+            timed_step(t, x, y, device)
+    t_start = time.perf_counter()
+    for r in range(args.rounds):
+        for c, t in trainers.items():
+            times[c] += [timed_step(t, x, y, device) for _ in range(args.steps)]
+        print(f"round {r + 1}/{args.rounds} ({time.perf_counter() - t_start:.0f}s)", flush=True)
+    median = {c: statistics.median(v) for c, v in times.items()}
+    base = median[("float", False)]
+    rows: list[dict[str, Any]] = []
+    print(f"\n{args.model}, batch {args.batch}, {device}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds x {args.steps} steps, median step time")  # fmt: skip
+    print(f"{'method':10} {'trackers':8} {'ms/step':>9} {'vs float':>9} {'vs off':>8}")
+    for (m, tr), v in median.items():
+        off = median.get((m, False), v)
+        row = {"method": m, "trackers": tr, "ms_per_step": round(1000 * v, 2),
+               "ratio_vs_float": round(v / base, 3), "ratio_vs_trackers_off": round(v / off, 3)}  # fmt: skip
+        rows.append(row)
+        print(f"{m:10} {'on' if tr else 'off':8} {1000 * v:9.1f} {v / base:9.3f} {v / off:8.3f}")
+    append_record(
+        "train_step.jsonl", "train_step", rows, model=args.model, batch=args.batch,
+        device=str(device), rounds=args.rounds, steps=args.steps,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
