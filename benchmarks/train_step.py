@@ -104,7 +104,7 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch,), device=device)
     trainers = {c: make_trainer(c[0], args.model, c[1], device) for c in configs}
     times: dict[tuple[str, bool], list[float]] = {c: [] for c in configs}
-    for c, t in trainers.items():
+    for t in trainers.values():
         for _ in range(args.warmup):
             timed_step(t, x, y, device)
     t_start = time.perf_counter()

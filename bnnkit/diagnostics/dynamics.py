@@ -241,8 +241,8 @@ class Dynamics(nn.Module):
         """The update's step relative to ``start_step`` in stored units (a device int16)."""
         if step is None:  # internal counter: start_step + number of updates (on the device)
             rel = self.updates + 1
-        else:
-            rel = torch.as_tensor(step, device=self.updates.device) - self.start_step
+        else:  # device arithmetic with a Python int: no host-to-device copy
+            rel = self.start_step.neg().add(int(step))
         return (rel.clamp(min=0) >> self.shift).clamp(max=INT16_MAX).to(torch.int16)
 
     @torch.no_grad()
@@ -252,7 +252,7 @@ class Dynamics(nn.Module):
         for m in self._modules_tracked:
             g = m.weight.grad
             dead.append(
-                torch.tensor(float(m.weight.numel()), device=self.numel.device)
+                torch.full((), m.weight.numel(), device=self.numel.device)
                 if g is None
                 else (g == 0).sum()
             )

@@ -105,9 +105,9 @@ def test_init_dump_and_histograms(ste_run):
     lines = (ste_run / "dynamics" / "histograms.jsonl").read_text().splitlines()
     hists = [json.loads(x) for x in lines]
     assert sorted({h["epoch"] for h in hists}) == [0, 1, 2, 3]  # hist_every 1 + the start
-    first = [h for h in hists if h["epoch"] == 0 and h["kind"] == "layer" and h["layer"] == names[0]][0]  # fmt: skip
+    first = next(h for h in hists if h["epoch"] == 0 and h["kind"] == "layer" and h["layer"] == names[0])  # fmt: skip
     assert sum(first["counts"]) == init[names[0]].numel() and len(first["counts"]) == 64
-    channel = [h for h in hists if h["epoch"] == 0 and h["kind"] == "channel0"][0]
+    channel = next(h for h in hists if h["epoch"] == 0 and h["kind"] == "channel0")
     assert sum(channel["counts"]) == init[names[0]][0].numel()
 
 
@@ -217,7 +217,7 @@ def test_report_without_matplotlib_keeps_the_tables(ste_run, tmp_path, monkeypat
 def test_report_errors_name_the_problem(tmp_path):
     with pytest.raises(ReportError, match="not a directory"):
         write_report(tmp_path / "missing")
-    with pytest.raises(ReportError, match="metrics.jsonl"):
+    with pytest.raises(ReportError, match=r"metrics\.jsonl"):
         write_report(tmp_path)
 
 
