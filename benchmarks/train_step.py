@@ -39,7 +39,9 @@ from bnnkit.train.run import build_model
 DEFAULT_METHODS = ("ste", "xnor", "bireal", "irnet", "reactnet", "recu", "rebnn", "ovsw")
 
 
-def make_trainer(method: str, model_name: str, trackers: bool, device: torch.device) -> StageTrainer:
+def make_trainer(
+    method: str, model_name: str, trackers: bool, device: torch.device
+) -> StageTrainer:
     cfg = load_recipe(
         {
             "model": {"name": model_name},
@@ -61,7 +63,9 @@ def make_trainer(method: str, model_name: str, trackers: bool, device: torch.dev
     )  # fmt: skip
 
 
-def timed_step(trainer: StageTrainer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+def timed_step(
+    trainer: StageTrainer, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> float:
     from bnnkit.methods import TrainState
 
     state = TrainState(trainer.progress.step, 0, 1, 0.5, 0.01)

@@ -239,10 +239,8 @@ class Dynamics(nn.Module):
 
     def _relative(self, step: int | None) -> Tensor:
         """The update's step relative to ``start_step`` in stored units (a device int16)."""
-        if step is None:  # internal counter: start_step + number of updates (on the device)
-            rel = self.updates + 1
-        else:  # device arithmetic with a Python int: no host-to-device copy
-            rel = self.start_step.neg().add(int(step))
+        # the internal counter, or device arithmetic with a Python int (no host-to-device copy)
+        rel = self.updates + 1 if step is None else self.start_step.neg().add(int(step))
         return (rel.clamp(min=0) >> self.shift).clamp(max=INT16_MAX).to(torch.int16)
 
     @torch.no_grad()

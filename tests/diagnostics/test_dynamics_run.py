@@ -163,7 +163,9 @@ def test_recu_flips_are_those_of_the_centred_weight():
     dyn.update()
     assert dyn.result()["flip/0"] == 0.0
     with torch.no_grad():
-        layer.weight.copy_(torch.tensor([[[[0.1, 0.2], [0.35, 0.15]]]]))  # mean 0.2: 0.6 -> 0.15 flips
+        layer.weight.copy_(
+            torch.tensor([[[[0.1, 0.2], [0.35, 0.15]]]])
+        )  # mean 0.2: 0.6 -> 0.15 flips
     dyn.update()
     # centred before: [-0.2, -0.1, 0.0(+), 0.3]; after: [-0.1, 0.0(+), 0.15, -0.05] -> 2 of 4 flip
     assert dyn.result(reset=True)["flip/0"] == pytest.approx((0 + 0.5) / 2)
@@ -270,8 +272,10 @@ def test_compare_resumes_skips_finished_runs_and_refuses_other_settings(recipe_f
 
     # a second method whose run was interrupted after one epoch
     with pytest.raises(KeyboardInterrupt):
+
         def stop(result):
             raise KeyboardInterrupt
+
         train(str(recipe_file), ["method.name=xnor", "training.seed=0"], out=out / "xnor-seed0", callbacks=[stop])  # fmt: skip
     logs = []
     compare(str(recipe_file), ["ste", "xnor"], [0], out=out, train_fn=fake_train, log=logs.append)
