@@ -90,9 +90,10 @@ class ClippedSTESign(nn.Module):
         if not clip_value > 0:
             raise ValueError(f"clip_value must be > 0, got {clip_value}")
         self.clip_value = float(clip_value)
+        self._bounds = A.clip_bounds(self.clip_value)  # per dtype, computed outside any graph
 
     def forward(self, x: Tensor) -> Tensor:
-        return A.clipped_ste_sign(x, self.clip_value)
+        return A._ClippedSTESign.apply(x, self._bounds[x.dtype])
 
     def extra_repr(self) -> str:
         return f"clip_value={self.clip_value}"
@@ -199,10 +200,8 @@ class StdNormApproxSign(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.bias is not None:
             x = x + self.bias.view(1, -1, *([1] * (x.ndim - 2)))
-        if self.training:
-            std = torch.sqrt(x.flatten(1).var(dim=1, unbiased=True) + 1e-5)
-            std = std.view(-1, *([1] * (x.ndim - 1)))
-            x = x / (std.detach() if self.detach_std else std)
+        if self.training:  # fused: sign(x), and the normalised surrogate in the backward
+            return A.std_norm_approx_sign(x, self.detach_std)
         return A.approx_sign(x)
 
     def extra_repr(self) -> str:
