@@ -79,6 +79,45 @@ def timed_step(
     return time.perf_counter() - t0
 
 
+def training_memory(trainer: StageTrainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+    """Bytes a training step holds at its peak, the end of the forward pass: parameters,
+    gradients, optimizer state, trackers, and every tensor saved for the backward (unique
+    storages, counted with ``saved_tensors_hooks``). Deterministic, so ratios need no repeats;
+    on CUDA, ``max_memory_allocated`` is also reported."""
+    model, opt = trainer.model, trainer.optimizer
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    opt.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = trainer.forward_model(x)
+        loss = trainer.loss_fn(out, y, x)
+    loss.backward()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    grads = sum(
+        p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None
+    )
+    state = sum(
+        v.numel() * v.element_size()
+        for s in opt.state.values()
+        for v in s.values()
+        if torch.is_tensor(v)
+    )
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    dyn = (
+        sum(b.numel() * b.element_size() for b in trainer.dynamics.buffers())
+        if trainer.dynamics
+        else 0
+    )
+    saved = sum(storages.values())
+    return {"saved_bytes": saved, "state_bytes": params + grads + state + buffers + dyn,
+            "total_bytes": saved + params + grads + state + buffers + dyn}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet20")
@@ -117,17 +156,24 @@ def main() -> None:
             times[c] += [timed_step(t, x, y, device) for _ in range(args.steps)]
         print(f"round {r + 1}/{args.rounds} ({time.perf_counter() - t_start:.0f}s)", flush=True)
     median = {c: statistics.median(v) for c, v in times.items()}
+    memory = {c: training_memory(t, x, y) for c, t in trainers.items()}
+    base_mem = memory[("float", False)]["total_bytes"]
     base = median[("float", False)]
     rows: list[dict[str, Any]] = []
     print(f"\n{args.model}, batch {args.batch}, {device}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds x {args.steps} steps, median step time")  # fmt: skip
-    print(f"{'method':10} {'trackers':8} {'ms/step':>9} {'vs float':>9} {'vs off':>8}")
+    print(
+        f"{'method':10} {'trackers':8} {'ms/step':>9} {'vs float':>9} {'vs off':>8} {'MiB':>7} {'mem vs float':>12}"
+    )
     for (m, tr), v in median.items():
         off = median.get((m, False), v)
+        mem = memory[(m, tr)]
         row = {"method": m, "trackers": tr, "ms_per_step": round(1000 * v, 2),
-               "ratio_vs_float": round(v / base, 3), "ratio_vs_trackers_off": round(v / off, 3)}  # fmt: skip
+               "ratio_vs_float": round(v / base, 3), "ratio_vs_trackers_off": round(v / off, 3),
+               **mem, "memory_vs_float": round(mem["total_bytes"] / base_mem, 3)}  # fmt: skip
         rows.append(row)
-        print(f"{m:10} {'on' if tr else 'off':8} {1000 * v:9.1f} {v / base:9.3f} {v / off:8.3f}")
+        print(f"{m:10} {'on' if tr else 'off':8} {1000 * v:9.1f} {v / base:9.3f} {v / off:8.3f} "
+              f"{mem['total_bytes'] / 2**20:7.1f} {mem['total_bytes'] / base_mem:12.3f}")  # fmt: skip
     append_record(
         "train_step.jsonl", "train_step", rows, model=args.model, batch=args.batch,
         device=str(device), rounds=args.rounds, steps=args.steps,

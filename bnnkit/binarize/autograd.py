@@ -8,6 +8,7 @@ differentiable functions at the bottom (``clipped_ste_sign`` ...) are the public
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -139,6 +140,45 @@ class _StdNormApproxSign(torch.autograd.Function):
             gh.div_(s).addcmul_(x, coef, value=-1.0).add_(mean.view(shape) * coef)
             return gh, None
         return gh.div_(s), None
+
+
+# Functions whose single saved input x satisfies output == F.sign(x): the ±1 output can be
+# recomputed from x in the backward instead of being stored a second time (see
+# :func:`sign_recompute_hooks`).
+_SIGN_OF_SAVED_INPUT = (_ClippedSTESign, _ApproxSign, _EDESign, _SwishSign, _StdNormApproxSign)
+
+
+class _Recompute:
+    __slots__ = ("source",)
+
+    def __init__(self, source: Tensor) -> None:
+        self.source = source
+
+
+def _pack_sign(t: Tensor) -> Any:
+    fn = t.grad_fn
+    if fn is not None and isinstance(fn, torch.autograd.function.BackwardCFunction):
+        cls = getattr(fn, "_forward_cls", None)
+        if cls in _SIGN_OF_SAVED_INPUT:
+            source = fn.saved_tensors[0]
+            if source.shape == t.shape and source.dtype == t.dtype:
+                return _Recompute(source)
+    return t
+
+
+def _unpack_sign(packed: Any) -> Tensor:
+    return F.sign(packed.source) if isinstance(packed, _Recompute) else packed
+
+
+def sign_recompute_hooks() -> Any:
+    """``saved_tensors_hooks`` under which an op that saves a binarizer's ±1 output keeps a
+    reference to the binarizer's saved input instead, and recomputes the sign in the backward.
+
+    A binary convolution then stores no copy of its ±1 input: the training memory of a
+    binary layer equals the float layer's (the binarizer keeps the pre-sign input, as the float
+    convolution keeps its input). Cost: one sign per binary layer in the backward.
+    """
+    return torch.autograd.graph.saved_tensors_hooks(_pack_sign, _unpack_sign)
 
 
 def identity_ste_sign(x: Tensor) -> Tensor:

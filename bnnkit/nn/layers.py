@@ -15,12 +15,15 @@ input binarization (zero padding of a ±1 map, as every paper's code trains).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from bnnkit.binarize import Scale, get_binarizer, get_scale
+from bnnkit.binarize.autograd import sign_recompute_hooks
 
 
 class BinaryLayer(nn.Module):
@@ -74,6 +77,19 @@ class BinaryLayer(nn.Module):
     def binarized_input(self, x: Tensor) -> Tensor:
         """What the input becomes before the product: ``input_binarizer(x)`` or ``x``."""
         return x if self.input_binarizer is None else self.input_binarizer(x)
+
+    def _saving_memory(self) -> Any:
+        """Context for the product: in eager training with a binarized input, the ±1 input
+        is not stored for the backward but recomputed from the binarizer's saved input
+        (:func:`bnnkit.binarize.autograd.sign_recompute_hooks`); under ``torch.compile`` the
+        compiler plans memory itself."""
+        if (
+            self.input_binarizer is not None
+            and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            return sign_recompute_hooks()
+        return contextlib.nullcontext()
 
     def _binary_repr(self) -> str:
         parts = [f"W{self.weight_bits}A{self.input_bits}"]
@@ -134,7 +150,9 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
         return self.out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.binarized_input(x), self.binarized_weight(), self.bias)
+        xb, wb = self.binarized_input(x), self.binarized_weight()
+        with self._saving_memory():
+            return self._conv_forward(xb, wb, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}"
@@ -204,7 +222,9 @@ class BinaryLinear(nn.Linear, BinaryLayer):
         return self.out_features
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.binarized_input(x), self.binarized_weight(), self.bias)
+        xb, wb = self.binarized_input(x), self.binarized_weight()
+        with self._saving_memory():
+            return F.linear(xb, wb, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}"
