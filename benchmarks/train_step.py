@@ -26,15 +26,9 @@ from typing import Any
 import torch
 from _common import append_record
 
-from bnnkit.diagnostics import Dynamics
 from bnnkit.methods import list_methods
-from bnnkit.train.config import load_recipe
-from bnnkit.train.distributed import Dist
-from bnnkit.train.engine import StageProgress, StageTrainer
-from bnnkit.train.logging import RunLogger
-from bnnkit.train.losses import TaskLoss
-from bnnkit.train.optim import build_optimizer
-from bnnkit.train.run import build_model
+from bnnkit.train.engine import StageTrainer
+from bnnkit.train.run import step_trainer
 
 DEFAULT_METHODS = ("ste", "xnor", "bireal", "irnet", "reactnet", "recu", "rebnn", "ovsw")
 
@@ -42,25 +36,13 @@ DEFAULT_METHODS = ("ste", "xnor", "bireal", "irnet", "reactnet", "recu", "rebnn"
 def make_trainer(
     method: str, model_name: str, trackers: bool, device: torch.device
 ) -> StageTrainer:
-    cfg = load_recipe(
-        {
-            "model": {"name": model_name},
-            "method": {"name": method},
-            "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 10},
-            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
-        }
-    )
-    stage = cfg.stages[0]
-    model = build_model(cfg, stage, 10).to(device)
-    dyn = None
-    if trackers:
-        dyn = Dynamics(model)
-    return StageTrainer(
-        stage=stage, model=model, forward_model=model, optimizer=build_optimizer(model, stage.method, stage.optimizer),
-        scaler=None, loss_fn=TaskLoss(0.0, None, 1.0, 1.0), data=None, dist=Dist(device=device),
-        logger=RunLogger(None, tensorboard=False, progress="off"), log_every=10**9,
-        progress=StageProgress(), save=lambda *a: None, dynamics=dyn, dynamics_every=1,
-    )  # fmt: skip
+    recipe = {
+        "model": {"name": model_name},
+        "method": {"name": method},
+        "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 10},
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+    }
+    return step_trainer(recipe, device, trackers=trackers)
 
 
 def timed_step(

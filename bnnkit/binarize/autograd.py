@@ -68,8 +68,7 @@ class _ApproxSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        # grad * F.approx_sign_grad(x) with one temporary
-        return _approx_grad_(x.to(grad.dtype, copy=True), grad)
+        return _approx_grad(x, grad)  # grad * F.approx_sign_grad(x)
 
 
 class _EDESign(torch.autograd.Function):
@@ -97,9 +96,14 @@ class _SwishSign(torch.autograd.Function):
         return grad * F.swish_sign_grad(x, ctx.beta), None
 
 
-def _approx_grad_(t: Tensor, grad: Tensor) -> Tensor:
-    """``grad * max(0, 2 - 2|t|)`` written into ``t`` (a temporary the caller owns)."""
-    return t.abs_().mul_(-2.0).add_(2.0).clamp_min_(0.0).mul_(grad)
+def _approx_grad(x: Tensor, grad: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """``grad * max(0, 2 - 2|x| * scale)`` in four passes and one new tensor:
+    ``t = min(|x| scale, 1)``, then ``2 (grad - grad t)``."""
+    t = x.abs().to(grad.dtype)
+    if not isinstance(scale, float) or scale != 1.0:
+        t.mul_(scale)
+    t.clamp_max_(1.0)
+    return torch.addcmul(grad, grad, t, value=-1.0, out=t).mul_(2.0)
 
 
 class _StdNormApproxSign(torch.autograd.Function):
@@ -132,14 +136,15 @@ class _StdNormApproxSign(torch.autograd.Function):
         x, sigma, mean = ctx.saved_tensors
         shape = (-1, *([1] * (x.ndim - 1)))
         s = sigma.view(shape)
-        gh = _approx_grad_(x / s, grad)  # dL/d(x / sigma)
+        gh = _approx_grad(x, grad, 1.0 / s)  # dL/d(x / sigma)
+        u = gh.div_(s)  # the gradient through x / sigma with sigma held fixed
         if not ctx.detach_std:
             n = x[0].numel()
-            dot = torch.linalg.vecdot(gh.flatten(1), x.flatten(1))  # sum_j gh_j x_j per sample
+            # sum_j gh_j x_j = sigma * sum_j u_j x_j, per sample
+            dot = torch.linalg.vecdot(u.flatten(1), x.flatten(1).to(u.dtype)) * sigma
             coef = (dot / ((n - 1) * sigma.pow(3))).view(shape)
-            gh.div_(s).addcmul_(x, coef, value=-1.0).add_(mean.view(shape) * coef)
-            return gh, None
-        return gh.div_(s), None
+            u.addcmul_(x, coef, value=-1.0).add_(mean.view(shape) * coef)
+        return u, None
 
 
 # Functions whose single saved input x satisfies output == F.sign(x): the ±1 output can be

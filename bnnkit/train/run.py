@@ -74,6 +74,29 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
     return model.to(device).eval()
 
 
+def step_trainer(
+    recipe: dict[str, Any], device: torch.device | str = "cpu", *, trackers: bool = False
+) -> StageTrainer:
+    """A :class:`StageTrainer` for the recipe's first stage with no data, logging or run
+    directory: call its ``_step(x, y, state)`` directly (benchmarks, device tests)."""
+    from bnnkit.diagnostics import Dynamics
+    from bnnkit.train.logging import RunLogger as _Logger
+
+    cfg = load_recipe(recipe)
+    stage = cfg.stages[0]
+    device = torch.device(device)
+    classes = cfg.data.synthetic_classes
+    model = build_model(cfg, stage, classes).to(device)
+    return StageTrainer(
+        stage=stage, model=model, forward_model=model,
+        optimizer=build_optimizer(model, stage.method, stage.optimizer), scaler=None,
+        loss_fn=TaskLoss(stage.training.label_smoothing, None, 1.0, 1.0), data=None,
+        dist=Dist(device=device), logger=_Logger(None, tensorboard=False, progress="off"),
+        log_every=10**9, progress=StageProgress(), save=lambda *a: None,
+        dynamics=Dynamics(model) if trackers else None, dynamics_every=1,
+    )  # fmt: skip
+
+
 def _git_revision() -> str:
     root = Path(__file__).resolve().parents[2]
     try:
