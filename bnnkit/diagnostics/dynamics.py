@@ -209,9 +209,13 @@ class Dynamics(nn.Module):
             self._last(i).zero_()
         self.start_step.fill_(step)
         self.updates.zero_()
-        for prefix in ("win", "ep"):
-            getattr(self, f"{prefix}_sums").zero_()
-            getattr(self, f"{prefix}_counts").zero_()
+        self._clear("win")
+        self._clear("ep")
+
+    def _clear(self, prefix: str) -> None:
+        """Zero the window (``win``) or epoch (``ep``) accumulators."""
+        getattr(self, f"{prefix}_sums").zero_()
+        getattr(self, f"{prefix}_counts").zero_()
 
     # -- updates --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -305,8 +309,7 @@ class Dynamics(nn.Module):
                 out[f"{key}/{name}"] = v
         out.update(self._weight_stats())
         if reset:
-            sums.zero_()
-            counts.zero_()
+            self._clear(prefix)
         return out
 
     def step_metrics(self, reset: bool = True) -> dict[str, Tensor]:
@@ -407,5 +410,4 @@ class FlipRatio:
         return {k[len(prefix) :]: float(v) for k, v in m.items() if k.startswith(prefix)}
 
     def reset_states(self) -> None:
-        self.tracker.win_sums.zero_()
-        self.tracker.win_counts.zero_()
+        self.tracker._clear("win")

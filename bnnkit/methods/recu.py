@@ -81,15 +81,18 @@ class ReCUSign(nn.Module):
         # diagnostics: fraction of |w1| > Q at the last forward (not saved in checkpoints)
         self.register_buffer("clamped", torch.zeros(()), persistent=False)
 
-    def clamp_input(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        """``(clamp(w1, -Q, Q), Q)``: the tensor the sign is taken of, and the threshold."""
+    def _standardized(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """``(w1, Q)``: the standardised weight and the clamp threshold."""
         w1 = recu_standardize(w)
-        q = recu_threshold(w1, self.tau.to(w1.dtype))
-        return torch.clamp(w1, -q, q), q
+        return w1, recu_threshold(w1, self.tau.to(w1.dtype))
+
+    def clamp_input(self, w: Tensor) -> Tensor:
+        """``clamp(w1, -Q, Q)``: the tensor the sign is taken of."""
+        w1, q = self._standardized(w)
+        return torch.clamp(w1, -q, q)
 
     def forward(self, w: Tensor) -> Tensor:
-        w1 = recu_standardize(w)
-        q = recu_threshold(w1, self.tau.to(w1.dtype))
+        w1, q = self._standardized(w)
         if self.training:
             with torch.no_grad():
                 self.clamped.copy_((w1.abs() > q).float().mean())
@@ -100,7 +103,7 @@ class ReCUSign(nn.Module):
 def _recu_sign_input(binarizer: ReCUSign, weight: Tensor) -> Tensor:
     """ReCU takes the sign of the standardised, clamped weight (diagnostics use it)."""
     with torch.no_grad():
-        return binarizer.clamp_input(weight)[0]
+        return binarizer.clamp_input(weight)
 
 
 @register_method

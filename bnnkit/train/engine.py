@@ -144,11 +144,9 @@ class StageTrainer:
         self.data, self.dist, self.logger = data, dist, logger
         self.log_every, self.progress, self.save = log_every, progress, save
         self.callbacks = callbacks
-        self.dynamics, self.dynamics_every, self.on_epoch_end = (
-            dynamics,
-            dynamics_every,
-            on_epoch_end,
-        )
+        self.dynamics = dynamics
+        self.dynamics_every = dynamics_every
+        self.on_epoch_end = on_epoch_end
         self.epochs = stage.training.epochs
         self.base_lr = stage.optimizer.lr
         self.autocast = _autocast_factory(stage.training.amp, dist.device)
