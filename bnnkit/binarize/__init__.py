@@ -10,6 +10,7 @@ from bnnkit.binarize.autograd import (
     ede_sign,
     identity_ste_sign,
     magnitude_aware_sign,
+    shifted_approx_sign,
     swish_sign,
 )
 from bnnkit.binarize.binarizers import (
@@ -62,6 +63,7 @@ __all__ = [
     "list_scales",
     "magnitude_aware_sign",
     "register_binarizer",
+    "shifted_approx_sign",
     "sign",
     "standardize",
     "swish_sign",

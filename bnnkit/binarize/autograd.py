@@ -71,6 +71,28 @@ class _ApproxSign(torch.autograd.Function):
         return _approx_grad(x, grad)  # grad * F.approx_sign_grad(x)
 
 
+class _ShiftedApproxSign(torch.autograd.Function):
+    """Fused ``approx_sign(x + b_c)`` (ReActNet's RSign): forward ``s = x + (b + 0)`` and
+    ``sign(s)`` in two passes (no ``+0`` pass: ``b + 0`` is never -0, so ``s`` is never -0);
+    saves ``s`` only. Backward ``gs = g * max(0, 2 - 2|s|)``, ``dx = gs``, ``db_c = sum gs``
+    over every dim but 1 (one reduction; no separate broadcast-add node)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Tensor) -> Tensor:
+        b = (bias + 0.0).view(1, -1, *([1] * (x.ndim - 2)))
+        s = x + b
+        ctx.save_for_backward(s)
+        ctx.bias_dtype = bias.dtype
+        return torch.copysign(torch.ones((), dtype=s.dtype, device=s.device), s)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        (s,) = ctx.saved_tensors
+        gs = _approx_grad(s, grad)
+        dims = [0, *range(2, gs.ndim)]
+        return gs, gs.sum(dim=dims).to(ctx.bias_dtype)
+
+
 class _EDESign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
@@ -135,22 +157,28 @@ class _StdNormApproxSign(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         x, sigma, mean = ctx.saved_tensors
         shape = (-1, *([1] * (x.ndim - 1)))
-        s = sigma.view(shape)
-        gh = _approx_grad(x, grad, 1.0 / s)  # dL/d(x / sigma)
-        u = gh.div_(s)  # the gradient through x / sigma with sigma held fixed
-        if not ctx.detach_std:
-            n = x[0].numel()
-            # sum_j gh_j x_j = sigma * sum_j u_j x_j, per sample
-            dot = torch.linalg.vecdot(u.flatten(1), x.flatten(1).to(u.dtype)) * sigma
-            coef = (dot / ((n - 1) * sigma.pow(3))).view(shape)
-            u.addcmul_(x, coef, value=-1.0).add_(mean.view(shape) * coef)
-        return u, None
+        s = sigma.view(shape).to(grad.dtype)
+        # v = g (1 - min(|x| / sigma, 1)); dL/dx with sigma held fixed is u = 2 v / sigma
+        t = x.abs().to(grad.dtype).mul_(1.0 / s).clamp_max_(1.0)
+        v = torch.addcmul(grad, grad, t, value=-1.0, out=t)
+        k = 2.0 / s
+        if ctx.detach_std:
+            return v.mul_(k), None
+        n = x[0].numel()
+        # through the variance: - (x - mean) * c with c = sum_j(u_j x_j) / ((n - 1) sigma^2)
+        # (sum_j gh_j x_j = sigma * sum_j u_j x_j); u + c mean in one pass, - c x in another
+        dot = torch.linalg.vecdot(v.flatten(1), x.flatten(1).to(v.dtype)).view(shape) * k
+        c = dot / ((n - 1) * s * s)
+        u = torch.addcmul(c * mean.view(shape).to(c.dtype), v, k)
+        return u.addcmul_(x, c, value=-1.0), None
 
 
 # Functions whose single saved input x satisfies output == F.sign(x): the ±1 output can be
 # recomputed from x in the backward instead of being stored a second time (see
 # :func:`sign_recompute_hooks`).
-_SIGN_OF_SAVED_INPUT = (_ClippedSTESign, _ApproxSign, _EDESign, _SwishSign, _StdNormApproxSign)
+_SIGN_OF_SAVED_INPUT = (
+    _ClippedSTESign, _ApproxSign, _ShiftedApproxSign, _EDESign, _SwishSign, _StdNormApproxSign,
+)
 
 
 class _Recompute:
@@ -206,6 +234,17 @@ def std_norm_approx_sign(x: Tensor, detach_std: bool = False) -> Tensor:
 def approx_sign(x: Tensor) -> Tensor:
     r"""Forward :math:`\mathrm{sign}(x)`; backward :math:`g \cdot \max(0, 2 - 2|x|)` (Bi-Real)."""
     return _ApproxSign.apply(x)
+
+
+def shifted_approx_sign(x: Tensor, bias: Tensor) -> Tensor:
+    r"""Forward :math:`\mathrm{sign}(x + b_c)`; backward ApproxSign at :math:`x + b_c` for both
+    :math:`x` and the per-channel shift :math:`b` (dim 1). ReActNet's RSign, fused."""
+    if bias.ndim != 1 or x.ndim < 2 or x.shape[1] != bias.numel():
+        raise ValueError(
+            f"shifted_approx_sign: bias of shape {tuple(bias.shape)} does not match dim 1 of "
+            f"input {tuple(x.shape)}; pass one shift per channel"
+        )
+    return _ShiftedApproxSign.apply(x, bias)
 
 
 def ede_sign(x: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnkit.binarize import approx_sign
+from bnnkit.binarize import shifted_approx_sign
 
 
 def _channel_view(p: Tensor, x: Tensor) -> Tensor:
@@ -42,7 +42,7 @@ class RSign(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return approx_sign(x + _channel_view(self.bias, x))
+        return shifted_approx_sign(x, self.bias)
 
     def extra_repr(self) -> str:
         return f"num_channels={self.bias.numel()}"

@@ -63,3 +63,22 @@ def test_std_norm_module_uses_the_normalised_surrogate_only_in_training():
     m.eval()
     m(x).sum().backward()
     assert torch.allclose(x.grad, (2 - 2 * x.detach().abs()).clamp_min(0))
+
+
+def test_shifted_approx_sign_forward_and_gradients_by_hand():
+    # x + b = [[-0.75, 0.25], [1.5, -0.0 + 0.0]] per channel: channel 0 shift 0.25, channel 1 0.0
+    x = torch.tensor([[[-1.0, 0.0]], [[1.5, -0.0]]]).view(1, 2, 2).requires_grad_()
+    b = torch.tensor([0.25, 0.0], requires_grad=True)
+    y = A.shifted_approx_sign(x, b)
+    # s = [[-0.75, 0.25], [1.5, +0]]: sign -1, +1, +1, +1 (x = -0 with b = +0 gives +1)
+    assert y.tolist() == [[[-1.0, 1.0], [1.0, 1.0]]]
+    g = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    y.backward(g)
+    # d/ds = max(0, 2 - 2|s|): 0.5, 1.5, 0, 2
+    assert x.grad.tolist() == [[[0.5, 3.0], [0.0, 8.0]]]
+    assert b.grad.tolist() == [3.5, 8.0]
+
+
+def test_shifted_approx_sign_rejects_a_bias_that_does_not_match_the_channels():
+    with pytest.raises(ValueError, match="one shift per channel"):
+        A.shifted_approx_sign(torch.zeros(2, 3, 4, 4), torch.zeros(4))
