@@ -74,6 +74,9 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
         num_classes: output classes (default: the model's, e.g. 10 for CIFAR models).
         **kwargs: model options (see the model function's docstring).
 
+    The model's ``model_spec`` attribute records ``name``, ``num_classes`` and ``options``
+    (what :func:`bnnkit.export.save_packed` writes to rebuild it).
+
     Raises:
         ValueError: unknown model name or option (the message lists the valid ones).
     """
@@ -85,4 +88,7 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
     n = info.num_classes if num_classes is None else num_classes
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return info.fn(num_classes=n, **kwargs)
+    model = info.fn(num_classes=n, **kwargs)
+    # how to build it again (timm's ``pretrained_cfg`` idea): checkpoints and packed exports
+    model.model_spec = {"name": name, "num_classes": n, "options": dict(kwargs)}
+    return model

@@ -1,0 +1,37 @@
+"""Deployment: bit-packed export and fast CPU inference of trained binary networks.
+
+``convert(model)`` replaces every binary layer with a packed one (sign bits + folded
+scale, XNOR-popcount kernels); ``save_packed`` / ``load_packed`` write and read the
+safetensors file; :mod:`bnnkit.export.pack` is the bit layout, :mod:`bnnkit.export.kernels`
+the kernels (pure-torch reference and numba CPU).
+"""
+
+from bnnkit.export.convert import (
+    ExportError,
+    batchnorm_pairs,
+    convert,
+    input_shift,
+    pack_layer,
+    packed_layers,
+)
+from bnnkit.export.kernels import get_kernel, list_kernels
+from bnnkit.export.layers import PackedConv2d, PackedLinear
+from bnnkit.export.pack import pack_activations, pack_conv_weight, pack_signs, popcount, unpack_signs
+
+__all__ = [
+    "ExportError",
+    "PackedConv2d",
+    "PackedLinear",
+    "batchnorm_pairs",
+    "convert",
+    "get_kernel",
+    "input_shift",
+    "list_kernels",
+    "pack_activations",
+    "pack_conv_weight",
+    "pack_layer",
+    "pack_signs",
+    "packed_layers",
+    "popcount",
+    "unpack_signs",
+]
