@@ -177,7 +177,12 @@ class _StdNormApproxSign(torch.autograd.Function):
 # recomputed from x in the backward instead of being stored a second time (see
 # :func:`sign_recompute_hooks`).
 _SIGN_OF_SAVED_INPUT = (
-    _ClippedSTESign, _ApproxSign, _ShiftedApproxSign, _EDESign, _SwishSign, _StdNormApproxSign,
+    _ClippedSTESign,
+    _ApproxSign,
+    _ShiftedApproxSign,
+    _EDESign,
+    _SwishSign,
+    _StdNormApproxSign,
 )
 
 

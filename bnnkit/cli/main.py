@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from bnnkit._version import __version__
-from bnnkit.cli import dynamics_cmd, listing, summary_cmd, train_cmd
+from bnnkit.cli import dynamics_cmd, export_cmd, listing, summary_cmd, train_cmd
 from bnnkit.cli.errors import CLIError
 from bnnkit.data.files import DownloadError
 from bnnkit.train.checkpoint import CheckpointError
@@ -22,7 +22,7 @@ USER_ERRORS = (
     ImportError,
 )  # fmt: skip
 
-COMMANDS = (train_cmd, dynamics_cmd, listing, summary_cmd)
+COMMANDS = (train_cmd, dynamics_cmd, export_cmd, listing, summary_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

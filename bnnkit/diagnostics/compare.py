@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bnnkit._io import atomic_write_text
 from bnnkit.diagnostics.report import load_run, write_report
 from bnnkit.methods import list_methods
 
@@ -214,7 +215,6 @@ def compare(
 
 
 def _write_outputs(result: CompareResult, spec: dict[str, Any]) -> None:
-    from bnnkit.train.checkpoint import atomic_write_text
 
     out = result.out
     figure = compare_figure(result)

@@ -26,14 +26,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from bnnkit._io import atomic_write_bytes
 from bnnkit.diagnostics.dynamics import Dynamics
 
 HISTOGRAMS = "histograms.jsonl"
 
 
 def _atomic_bytes(data: bytes, path: Path) -> None:
-    from bnnkit.train.checkpoint import atomic_write_bytes  # train imports diagnostics
-
     atomic_write_bytes(data, path)
 
 

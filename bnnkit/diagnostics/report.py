@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from bnnkit._io import atomic_write_text
 from bnnkit.diagnostics import files as dynfiles
 
 METRICS = ("oscillation", "backforth", "silent", "dead", "qerr", "entropy")
@@ -396,7 +397,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pa
     ]
     report = out_dir / "report.md"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from bnnkit.train.checkpoint import atomic_write_text
 
     atomic_write_text("\n".join(lines) + "\n", report)
     return report, figures

@@ -16,7 +16,13 @@ from bnnkit.export.convert import (
 )
 from bnnkit.export.kernels import get_kernel, list_kernels
 from bnnkit.export.layers import PackedConv2d, PackedLinear
-from bnnkit.export.pack import pack_activations, pack_conv_weight, pack_signs, popcount, unpack_signs
+from bnnkit.export.pack import (
+    pack_activations,
+    pack_conv_weight,
+    pack_signs,
+    popcount,
+    unpack_signs,
+)
 
 __all__ = [
     "ExportError",

@@ -144,7 +144,7 @@ def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
     with a log note when the model cannot be traced)."""
     try:
         graph = _LeafTracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 (any tracing failure just disables folding)
+    except Exception as exc:
         log.info("batch-norm folding skipped: the model cannot be traced (%s)", exc)
         return {}
     modules = dict(model.named_modules())

@@ -70,7 +70,7 @@ class PackedConv2d(_Packed):
         self._init_packed(shape, out_channels, in_channels, has_shift, kernel)
         self.register_buffer("_wsum", None, persistent=False)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._wsum = None  # new bits: recompute the padding correction
 

@@ -25,7 +25,9 @@ from torch import Tensor
 WORD_BITS = 64
 
 # 2**j for j = 0..63 as int64 (2**63 wraps to the int64 minimum: the bit pattern is what counts)
-_POWERS = torch.tensor([1 << j if j < 63 else -(1 << 63) for j in range(WORD_BITS)], dtype=torch.int64)
+_POWERS = torch.tensor(
+    [1 << j if j < 63 else -(1 << 63) for j in range(WORD_BITS)], dtype=torch.int64
+)
 _BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 
 
@@ -59,7 +61,9 @@ def pack_signs(x: Tensor) -> Tensor:
         ValueError: ``x`` is not a floating tensor, or its last dim is empty.
     """
     if not x.is_floating_point():
-        raise ValueError(f"pack_signs needs a floating tensor, got {x.dtype}; pass the float values")
+        raise ValueError(
+            f"pack_signs needs a floating tensor, got {x.dtype}; pass the float values"
+        )
     if x.ndim == 0 or x.shape[-1] == 0:
         raise ValueError(f"pack_signs needs a non-empty last dim, got shape {tuple(x.shape)}")
     return pack_bits(sign_bits(x))
@@ -73,7 +77,9 @@ def unpack_signs(words: Tensor, n: int) -> Tensor:
     """
     capacity = WORD_BITS * (words.shape[-1] if words.ndim else 0)
     if not 1 <= n <= capacity:
-        raise ValueError(f"unpack_signs: n={n} must be in [1, {capacity}] for {tuple(words.shape)} words")
+        raise ValueError(
+            f"unpack_signs: n={n} must be in [1, {capacity}] for {tuple(words.shape)} words"
+        )
     bits = (words.unsqueeze(-1) & _POWERS.to(words.device)) != 0
     bits = bits.flatten(-2)[..., :n]
     return 1.0 - 2.0 * bits.to(torch.float32)
@@ -90,7 +96,9 @@ def popcount(words: Tensor) -> Tensor:
 def pack_conv_weight(w: Tensor) -> Tensor:
     """Convolution weight ``(O, C, kH, kW)`` -> sign bits ``(O, kH, kW, ceil(C/64))``."""
     if w.ndim != 4:
-        raise ValueError(f"pack_conv_weight takes an (O, C, kH, kW) weight, got shape {tuple(w.shape)}")
+        raise ValueError(
+            f"pack_conv_weight takes an (O, C, kH, kW) weight, got shape {tuple(w.shape)}"
+        )
     return pack_signs(w.permute(0, 2, 3, 1))
 
 
@@ -98,7 +106,9 @@ def pack_activations(x: Tensor, shift: Tensor | None = None) -> Tensor:
     """Activations ``(N, C, H, W)`` -> sign bits of ``x + shift_c`` per pixel, ``(N, H, W, ceil(C/64))``;
     ``(N, C)`` -> ``(N, ceil(C/64))``. ``shift``: ``(C,)`` added in float before the sign, or None."""
     if x.ndim not in (2, 4):
-        raise ValueError(f"pack_activations takes (N, C) or (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"pack_activations takes (N, C) or (N, C, H, W), got shape {tuple(x.shape)}"
+        )
     if shift is not None:
         x = x + shift.to(x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
     return pack_signs(x if x.ndim == 2 else x.permute(0, 2, 3, 1))

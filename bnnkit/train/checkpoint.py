@@ -9,17 +9,15 @@ file in the same folder, is flushed to disk, and replaces the target with ``os.r
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from bnnkit._io import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from bnnkit._version import __version__
 from bnnkit.nn import BinaryLayer
 
@@ -31,37 +29,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used here; the message says why and what to do."""
 
 
-def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """``write`` into a temp file next to ``path``, fsync, then rename over ``path``; on any
-    failure the temp file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`_atomic_write`)."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
-    """Write ``data`` to ``path`` atomically (dynamics dumps)."""
-    return _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (``config.yaml``, ``summary.json``)."""
-    return _atomic_write(path, lambda f: f.write(text.encode()))
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`bnnkit._io.atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,6 +54,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's ``checkpoints/best.pt`` (else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        best = path / "checkpoints" / "best.pt"
+        return best if best.is_file() else path / "checkpoints" / "last.pt"
+    return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -496,10 +496,7 @@ def evaluate_checkpoint(
 
     A run directory means its ``best.pt`` (else ``last.pt``).
     """
-    path = Path(path)
-    if path.is_dir():
-        best = path / "checkpoints" / "best.pt"
-        path = best if best.is_file() else path / "checkpoints" / "last.pt"
+    path = ck.resolve_checkpoint(path)
     ckpt = ck.load_checkpoint(path)
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:

@@ -35,7 +35,9 @@ class Kernel:
     linear: Any
 
 
-def _affine(dot: Tensor, scale: Tensor | None, bias: Tensor | None, view: tuple[int, ...]) -> Tensor:
+def _affine(
+    dot: Tensor, scale: Tensor | None, bias: Tensor | None, view: tuple[int, ...]
+) -> Tensor:
     if scale is None:
         return dot
     out = dot.to(torch.float32) * scale.view(view)

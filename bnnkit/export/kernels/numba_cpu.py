@@ -25,10 +25,10 @@ from bnnkit.export.kernels.reference import weight_position_sums
 
 
 @intrinsic
-def _popcount(typingctx, x):  # noqa: ARG001 (numba intrinsic signature)
+def _popcount(typingctx, x):
     sig = types.int64(types.uint64)
 
-    def codegen(context, builder, signature, args):  # noqa: ARG001
+    def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
 
     return sig, codegen

@@ -1,0 +1,179 @@
+"""Packed model files: ``save_packed(model, path)`` / ``load_packed(path)``.
+
+A packed file is one safetensors file: every tensor of the converted model's ``state_dict``
+(packed weight bits as int64 words, folded scales and biases, input shifts, and the float
+layers' weights and buffers), plus a JSON header in the safetensors metadata::
+
+    format: "bnnkit-packed", format_version: "1", bnnkit_version
+    model:  {"name", "num_classes", "options"}   (a registered model: how to rebuild it)
+    method: the training method's name
+    layers: [{"name", "type", "in", "out", "kernel_size", "stride", "padding",
+              "has_shift", "folded_bn"}, ...]   (every packed layer)
+    extra:  free-form JSON (``bnnkit export`` stores the recipe's data section)
+
+Loading builds the registered model (bnnkit's own code), puts packed layers and identities
+(for folded batch norms) where the header says, and loads the tensors strictly: nothing in
+the file is executed (safetensors and JSON only), and any missing, extra or misshapen
+tensor is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import save
+from torch import nn
+
+from bnnkit._io import atomic_write_bytes
+from bnnkit._version import __version__
+from bnnkit.export.convert import ExportError, _set_module, convert, packed_layers
+from bnnkit.export.layers import PackedConv2d, PackedLinear
+from bnnkit.models import create_model
+
+FORMAT = "bnnkit-packed"
+FORMAT_VERSION = "1"
+
+
+def _layer_entry(name: str, m: PackedConv2d | PackedLinear) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "has_shift": m.input_shift is not None,
+                             "folded_bn": m.folded_bn}  # fmt: skip
+    if isinstance(m, PackedConv2d):
+        entry.update(type="conv2d", **{"in": m.in_channels, "out": m.out_channels},
+                     kernel_size=list(m.kernel_size), stride=list(m.stride),
+                     padding=list(m.padding))  # fmt: skip
+    else:
+        entry.update(type="linear", **{"in": m.in_features, "out": m.out_features})
+    return entry
+
+
+def _method_name(model: nn.Module) -> str | None:
+    from bnnkit.methods import binary_layers
+
+    names = {m.method_name for _, m in binary_layers(model) if m.method_name}
+    return names.pop() if len(names) == 1 else None
+
+
+def save_packed(model: nn.Module, path: str | Path, *, model_spec: dict[str, Any] | None = None,
+                method: str | None = None, extra: dict[str, Any] | None = None,
+                kernel: str = "auto") -> Path:  # fmt: skip
+    """Write ``model`` as a packed file (atomically). Returns the path.
+
+    Args:
+        model: a trained bnnkit model (converted here with :func:`convert`) or a model already
+            converted.
+        model_spec: ``{"name", "num_classes", "options"}`` of the registered model; default
+            the ``model_spec`` that :func:`bnnkit.create_model` recorded on the model.
+        method: the training method's name (default: read from the binary layers).
+        extra: JSON-serialisable information stored in the header (e.g. the data config).
+        kernel: kernel of the conversion check (no effect on the file).
+
+    Raises:
+        ExportError: a layer cannot be packed, or the architecture is unknown (pass
+            ``model_spec``).
+    """
+    spec = model_spec or getattr(model, "model_spec", None)
+    if not spec or not {"name", "num_classes", "options"} <= set(spec):
+        raise ExportError("save_packed needs the registered model's spec to rebuild it: build "
+                          "the model with bnnkit.create_model or pass model_spec={'name': ..., "
+                          "'num_classes': ..., 'options': {...}}")  # fmt: skip
+    method = method or _method_name(model)
+    packed = model if packed_layers(model) else convert(model, kernel=kernel)
+    layers = [_layer_entry(n, m) for n, m in packed_layers(packed)]
+    header = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "bnnkit_version": __version__,
+        "model": json.dumps({k: spec[k] for k in ("name", "num_classes", "options")}),
+        "method": json.dumps(method), "layers": json.dumps(layers),
+        "extra": json.dumps(extra or {}),
+    }  # fmt: skip
+    tensors = {k: v.detach().cpu().contiguous() for k, v in packed.state_dict().items()}
+    return atomic_write_bytes(save(tensors, metadata=header), Path(path))
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The decoded JSON header of a packed file (no tensors loaded).
+
+    Raises:
+        ExportError: not a bnnkit packed file, or a newer format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"no packed file at {path}; write one with `bnnkit export`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise ExportError(f"{path} is not a safetensors file ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise ExportError(f"{path} is not a bnnkit packed model (format {meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ExportError(f"{path} has packed format version {meta.get('format_version')!r}; "
+                          f"this bnnkit ({__version__}) reads version {FORMAT_VERSION}: upgrade")  # fmt: skip
+    out: dict[str, Any] = {k: meta[k] for k in ("format", "format_version", "bnnkit_version")}
+    for key in ("model", "method", "layers", "extra"):
+        out[key] = json.loads(meta[key])
+    return out
+
+
+def _packed_module(entry: dict[str, Any], kernel: str) -> PackedConv2d | PackedLinear:
+    if entry["type"] == "conv2d":
+        return PackedConv2d(entry["in"], entry["out"], entry["kernel_size"], entry["stride"],
+                            entry["padding"], has_shift=entry["has_shift"], kernel=kernel)  # fmt: skip
+    if entry["type"] == "linear":
+        return PackedLinear(entry["in"], entry["out"], has_shift=entry["has_shift"], kernel=kernel)
+    raise ExportError(f"unknown packed layer type {entry['type']!r} for {entry['name']!r}")
+
+
+def load_packed(path: str | Path, *, kernel: str = "auto") -> nn.Module:
+    """Rebuild a packed model from its file (eval mode, CPU). Executes nothing from the file.
+
+    The model has ``packed_header`` (the decoded header) as an attribute.
+
+    Raises:
+        ExportError: not a packed file, an unknown model, or tensors that do not match.
+    """
+    from safetensors.torch import load_file
+
+    header = read_header(path)
+    spec = header["model"]
+    try:
+        model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
+    except ValueError as exc:
+        raise ExportError(f"{path}: cannot rebuild model {spec['name']!r}: {exc}") from exc
+    for entry in header["layers"]:
+        packed = _packed_module(entry, kernel)
+        packed.folded_bn = entry["folded_bn"]
+        _set_module(model, entry["name"], packed)
+        if entry["folded_bn"]:
+            _set_module(model, entry["folded_bn"], nn.Identity())
+    state = load_file(str(path))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ExportError(f"{path}: tensors do not match model {spec['name']!r}: missing "
+                          f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")  # fmt: skip
+    model.packed_header = header
+    return model.eval()
+
+
+def size_report(model: nn.Module, packed_path: str | Path) -> dict[str, Any]:
+    """Sizes of a trained model's float ``state_dict`` and of its packed file, overall and
+    per binary layer (float weight bytes vs packed bit bytes + scale bytes)."""
+    from bnnkit.methods import binary_layers
+
+    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    file_bytes = Path(packed_path).stat().st_size
+    layers = []
+    for name, layer in binary_layers(model):
+        if layer.weight_binarizer is None:
+            continue
+        fbytes = layer.weight.numel() * 4
+        bits = layer.weight.shape[0] * -(-layer.weight[0].numel() // 64) * 8
+        if layer.weight.ndim == 4:  # packed per kernel position along C
+            o, c, kh, kw = layer.weight.shape
+            bits = o * kh * kw * -(-c // 64) * 8
+        layers.append({"name": name, "float_bytes": fbytes, "packed_bytes": bits,
+                       "scale_bytes": 4 * layer.weight.shape[0], "ratio": bits / fbytes})  # fmt: skip
+    return {"float_state_bytes": float_bytes, "packed_file_bytes": file_bytes,
+            "ratio": file_bytes / float_bytes, "layers": layers}  # fmt: skip
