@@ -38,17 +38,31 @@ class _Packed(nn.Module):
         self.kernel_name = kernel
         self._kernel = get_kernel(kernel)
         self.folded_bn: str | None = None  # qualified name of the batch norm folded in
+        self._plan: object | None = None  # the kernel's prepared weights (numba), see refresh()
+
+    def refresh(self) -> None:
+        """Drop what the kernel prepared from the buffers (done by ``load_state_dict``,
+        :meth:`fold_affine` and :meth:`set_kernel`; call it after editing buffers in place)."""
+        self._plan = None
+        if isinstance(self, PackedConv2d):
+            self._wsum = None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh()
 
     def set_kernel(self, name: str) -> None:
         """Switch the kernel (``"auto"``, ``"numba"``, ``"reference"``)."""
         self._kernel = get_kernel(name)
         self.kernel_name = name
+        self.refresh()
 
     def fold_affine(self, mul: Tensor, add: Tensor) -> None:
         """Fold a following per-channel affine map ``y -> mul * y + add`` (a batch norm in eval)."""
         with torch.no_grad():
             self.scale.mul_(mul)
             self.bias.mul_(mul).add_(add)
+        self.refresh()
 
     def packed_bytes(self) -> int:
         """Bytes of the packed weight bits."""
@@ -70,10 +84,6 @@ class PackedConv2d(_Packed):
         self._init_packed(shape, out_channels, in_channels, has_shift, kernel)
         self.register_buffer("_wsum", None, persistent=False)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._wsum = None  # new bits: recompute the padding correction
-
     def position_sums(self) -> Tensor:
         """``(O, kH * kW)`` sums of the weight signs per kernel position (padding correction)."""
         if self._wsum is None:
@@ -86,9 +96,13 @@ class PackedConv2d(_Packed):
                 f"PackedConv2d expects (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}"
             )
         k = self._kernel
+        if self._plan is None and k.prepare_conv is not None:
+            self._plan = k.prepare_conv(self.weight_bits, self.in_channels, self.scale,
+                                        self.bias, self.position_sums())  # fmt: skip
         bits = k.pack_activations(x, self.input_shift)
         return k.conv2d(bits, self.weight_bits, self.in_channels, self.kernel_size, self.stride,
-                        self.padding, self.scale, self.bias, self.position_sums())  # fmt: skip
+                        self.padding, self.scale, self.bias, self.position_sums(),
+                        plan=self._plan)  # fmt: skip
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

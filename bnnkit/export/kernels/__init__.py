@@ -33,6 +33,7 @@ class Kernel:
     pack_activations: Any
     conv2d: Any
     linear: Any
+    prepare_conv: Any = None  # (w_bits, in_channels, scale, bias, wsum) -> plan for conv2d(plan=)
 
 
 def _affine(
@@ -45,7 +46,7 @@ def _affine(
 
 
 def _ref_conv2d(x_bits, w_bits, in_channels, kernel_size, stride, padding, scale=None, bias=None,
-                wsum=None):  # fmt: skip
+                wsum=None, plan=None):  # fmt: skip
     dot = _ref.conv2d(x_bits, w_bits, in_channels, kernel_size, stride, padding)
     return _affine(dot, scale, bias, (1, -1, 1, 1))
 
@@ -83,4 +84,4 @@ def get_kernel(name: str = "auto") -> Kernel:
         return REFERENCE
     from bnnkit.export.kernels import numba_cpu as nb
 
-    return Kernel("numba", nb.pack_activations, nb.conv2d, nb.linear)
+    return Kernel("numba", nb.pack_activations, nb.conv2d, nb.linear, nb.prepare_conv)

@@ -14,6 +14,8 @@ corrected per output pixel on the fly.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 import torch
@@ -141,26 +143,47 @@ def pack_activations(x: Tensor, shift: Tensor | None = None) -> Tensor:
     return res if x.ndim == 4 else res[:, 0, 0]
 
 
+class ConvPlan(NamedTuple):
+    """A layer's weights in the kernel's layout, prepared once (see :func:`prepare_conv`)."""
+
+    wt: np.ndarray  # (kH * kW * words, O) uint64: weight words, output channels innermost
+    ws: np.ndarray  # (kH * kW, O) int64: padding correction per kernel position
+    scale: np.ndarray  # (O,) float32, or empty for integer output
+    bias: np.ndarray  # (O,) float32, or empty
+
+
+def prepare_conv(w_bits: Tensor, in_channels: int, scale: Tensor | None = None,
+                 bias: Tensor | None = None, wsum: Tensor | None = None) -> ConvPlan:  # fmt: skip
+    """Transpose the weight words and convert scale / bias once per layer (cached by
+    :class:`~bnnkit.export.layers.PackedConv2d`), not on every call."""
+    o = w_bits.shape[0]
+    if wsum is None:
+        wsum = weight_position_sums(w_bits, in_channels)
+    wt = np.ascontiguousarray(_u64(w_bits).reshape(o, -1).T)
+    ws = np.ascontiguousarray(wsum.numpy().astype(np.int64).T)
+    if scale is None:
+        return ConvPlan(wt, ws, _EMPTY, _EMPTY)
+    sc = scale.detach().float().contiguous().numpy().copy()
+    bi = np.zeros(o, np.float32) if bias is None else bias.detach().float().numpy().copy()
+    return ConvPlan(wt, ws, sc, bi)
+
+
 def conv2d(x_bits: Tensor, w_bits: Tensor, in_channels: int, kernel_size: tuple[int, int],
            stride: tuple[int, int], padding: tuple[int, int], scale: Tensor | None = None,
-           bias: Tensor | None = None, wsum: Tensor | None = None) -> Tensor:  # fmt: skip
+           bias: Tensor | None = None, wsum: Tensor | None = None,
+           plan: ConvPlan | None = None) -> Tensor:  # fmt: skip
     """Exact packed convolution; int32 ``(N, O, OH, OW)``, or float32 ``scale[o] * dot + bias[o]``
-    when ``scale`` is given. Returned as a channels-last view (no copy)."""
+    when ``scale`` is given (or ``plan`` holds one). Returned as a channels-last view."""
     n, h, w, _ = x_bits.shape
     o, kh, kw, _ = w_bits.shape
     (sh, sw), (ph, pw) = stride, padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    if wsum is None:
-        wsum = weight_position_sums(w_bits, in_channels)
-    affine = scale is not None
-    out = np.empty((n, oh, ow, o), np.float32 if affine else np.int32)
-    sc = scale.detach().float().contiguous().numpy() if affine else _EMPTY
-    bi = (bias.detach().float().contiguous().numpy() if bias is not None
-          else np.zeros(o, np.float32)) if affine else _EMPTY  # fmt: skip
+    if plan is None:
+        plan = prepare_conv(w_bits, in_channels, scale, bias, wsum)
+    out = np.empty((n, oh, ow, o), np.float32 if plan.scale.shape[0] else np.int32)
     _set_threads()
-    wt = np.ascontiguousarray(_u64(w_bits).reshape(o, -1).T)
-    ws = np.ascontiguousarray(wsum.numpy().astype(np.int64).T)
-    _conv(_u64(x_bits), wt, ws, in_channels, kh, kw, sh, sw, ph, pw, sc, bi, out)
+    _conv(_u64(x_bits), plan.wt, plan.ws, in_channels, kh, kw, sh, sw, ph, pw, plan.scale,
+          plan.bias, out)  # fmt: skip
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
