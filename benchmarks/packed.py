@@ -147,9 +147,8 @@ def main() -> None:
     print(f"\nresnet18 packed file {sizes['packed_file_bytes'] / 2**20:.2f} MiB vs float state_dict "
           f"{sizes['float_state_bytes'] / 2**20:.2f} MiB: ratio {sizes['ratio']:.4f} (target <= 0.1); "
           f"binary layer weights: {sizes['binary_layer_weight_ratios']} of float")  # fmt: skip
-    path = append_record("packed.jsonl", "packed", layers + models + [sizes], kernel=kernel,
+    append_record("packed.jsonl", "packed", layers + models + [sizes], kernel=kernel,
                          rounds=args.rounds)  # fmt: skip
-    print(f"appended to {path}")
 
 
 if __name__ == "__main__":

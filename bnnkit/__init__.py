@@ -7,6 +7,8 @@ Public API::
     model = bnnkit.create_model("resnet20", num_classes=10)
     bnnkit.binarize_(model, bnnkit.get_method("reactnet"))
     bnnkit.summary(model, input_size=(3, 32, 32))
+    result = bnnkit.train("cifar10/resnet20_reactnet", training={"epochs": 1})
+    packed = bnnkit.export.convert(model); bnnkit.export.save_packed(model, "m.bnn")
 """
 
 from bnnkit._version import __version__
@@ -22,6 +24,8 @@ from bnnkit.methods import (
 )
 from bnnkit.models import create_model, list_models, model_info, register_model
 
+from bnnkit import export, train  # noqa: E402, I001 (subpackages; `train` is callable)
+
 __all__ = [
     "Method",
     "ModelSummary",
@@ -30,6 +34,7 @@ __all__ = [
     "binarize_",
     "binary_layers",
     "create_model",
+    "export",
     "get_method",
     "list_methods",
     "list_models",
@@ -37,4 +42,5 @@ __all__ = [
     "register_method",
     "register_model",
     "summary",
+    "train",
 ]

@@ -14,6 +14,7 @@ from bnnkit.export.convert import (
     pack_layer,
     packed_layers,
 )
+from bnnkit.export.files import load_packed, read_header, save_packed, size_report
 from bnnkit.export.kernels import get_kernel, list_kernels
 from bnnkit.export.layers import PackedConv2d, PackedLinear
 from bnnkit.export.pack import (
@@ -33,11 +34,15 @@ __all__ = [
     "get_kernel",
     "input_shift",
     "list_kernels",
+    "load_packed",
     "pack_activations",
     "pack_conv_weight",
     "pack_layer",
     "pack_signs",
     "packed_layers",
     "popcount",
+    "read_header",
+    "save_packed",
+    "size_report",
     "unpack_signs",
 ]

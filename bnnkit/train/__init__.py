@@ -1,4 +1,12 @@
-"""Training: recipes, the engine, checkpoints, logging, distillation, multi-GPU."""
+"""Training: recipes, the engine, checkpoints, logging, distillation, multi-GPU.
+
+``bnnkit.train`` is also callable: ``bnnkit.train(recipe_or_path, **overrides)`` is
+:func:`bnnkit.train.run.train` (the public API of design.md), while ``bnnkit.train.<name>``
+keeps giving the subpackage's modules and functions.
+"""
+
+import sys
+import types
 
 from bnnkit.train.checkpoint import CheckpointError, load_checkpoint
 from bnnkit.train.config import ConfigError, RunConfig, list_recipes, load_recipe
@@ -30,3 +38,13 @@ __all__ = [
     "model_from_checkpoint",
     "train",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """This package, callable as :func:`train` (a function and a subpackage share the name)."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
