@@ -11,6 +11,7 @@ Public API::
     packed = bnnkit.export.convert(model); bnnkit.export.save_packed(model, "m.bnn")
 """
 
+from bnnkit import export, train
 from bnnkit._version import __version__
 from bnnkit.diagnostics import ModelSummary, summary
 from bnnkit.methods import (
@@ -23,8 +24,6 @@ from bnnkit.methods import (
     register_method,
 )
 from bnnkit.models import create_model, list_models, model_info, register_model
-
-from bnnkit import export, train  # noqa: E402, I001 (subpackages; `train` is callable)
 
 __all__ = [
     "Method",
