@@ -20,6 +20,7 @@ tensor is an error naming it.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -159,21 +160,17 @@ def load_packed(path: str | Path, *, kernel: str = "auto") -> nn.Module:
 
 def size_report(model: nn.Module, packed_path: str | Path) -> dict[str, Any]:
     """Sizes of a trained model's float ``state_dict`` and of its packed file, overall and
-    per binary layer (float weight bytes vs packed bit bytes + scale bytes)."""
-    from bnnkit.methods import binary_layers
-
+    per packed layer: the float latent weight's bytes against the bytes of the weight bits
+    stored in the file (read from the file's tensor shapes) and of its scale and bias."""
     float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
-    file_bytes = Path(packed_path).stat().st_size
     layers = []
-    for name, layer in binary_layers(model):
-        if layer.weight_binarizer is None:
-            continue
-        fbytes = layer.weight.numel() * 4
-        bits = layer.weight.shape[0] * -(-layer.weight[0].numel() // 64) * 8
-        if layer.weight.ndim == 4:  # packed per kernel position along C
-            o, c, kh, kw = layer.weight.shape
-            bits = o * kh * kw * -(-c // 64) * 8
-        layers.append({"name": name, "float_bytes": fbytes, "packed_bytes": bits,
-                       "scale_bytes": 4 * layer.weight.shape[0], "ratio": bits / fbytes})  # fmt: skip
+    with safe_open(str(packed_path), framework="pt") as f:
+        for entry in read_header(packed_path)["layers"]:
+            name = entry["name"]
+            bits = 8 * math.prod(f.get_slice(f"{name}.weight_bits").get_shape())
+            fbytes = model.get_submodule(name).weight.numel() * 4
+            layers.append({"name": name, "float_bytes": fbytes, "packed_bytes": bits,
+                           "scale_bytes": 8 * entry["out"], "ratio": bits / fbytes})  # fmt: skip
+    file_bytes = Path(packed_path).stat().st_size
     return {"float_state_bytes": float_bytes, "packed_file_bytes": file_bytes,
             "ratio": file_bytes / float_bytes, "layers": layers}  # fmt: skip

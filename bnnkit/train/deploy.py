@@ -18,7 +18,7 @@ from bnnkit.train import checkpoint as ck
 from bnnkit.train.config import load_recipe
 from bnnkit.train.distributed import Dist
 from bnnkit.train.engine import evaluate
-from bnnkit.train.run import model_from_checkpoint
+from bnnkit.train.run import check_data_overrides, model_from_checkpoint
 
 
 def export_checkpoint(
@@ -45,10 +45,13 @@ def format_size_report(report: dict[str, Any], file: Path) -> str:
         lines.append(f"{layer['name']:<28} {layer['float_bytes'] / 1024:>10.1f} "
                      f"{packed / 1024:>11.2f} {layer['ratio']:>8.4f}")  # fmt: skip
     mib = 1024 * 1024
+    ratios = sorted({round(1 / layer["ratio"]) for layer in report["layers"]})
+    share = "/".join(f"1/{r}" for r in ratios)
     lines.append(
         f"packed file {file}: {report['packed_file_bytes'] / mib:.2f} MiB; float state_dict "
         f"{report['float_state_bytes'] / mib:.2f} MiB; ratio {report['ratio']:.4f} "
-        f"(1/{1 / report['ratio']:.1f}); binary weights 1/32 of float plus one scale per channel"
+        f"(1/{1 / report['ratio']:.1f}); binary layer weights {share} of float (1/32 when the "
+        "input channels are a multiple of 64) plus a float scale and bias per output channel"
     )
     return "\n".join(lines)
 
@@ -63,9 +66,7 @@ def evaluate_packed(
     if recipe is None:
         raise ExportError(f"{file} stores no recipe (it was not written by `bnnkit export`); "
                           "evaluate it from Python with bnnkit.export.load_packed")  # fmt: skip
-    bad = [o for o in overrides if not o.startswith("data.")]
-    if bad:
-        raise ValueError(f"predict takes data.* overrides only, got {bad}")
+    check_data_overrides(overrides, "predict")
     cfg = load_recipe(recipe, list(overrides))
     data = build_data(cfg.data, device=torch.device("cpu"), rank=0, world_size=1)
     classes = header["model"]["num_classes"]

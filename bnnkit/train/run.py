@@ -489,6 +489,13 @@ def format_result(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def check_data_overrides(overrides: Sequence[str], command: str) -> None:
+    """Evaluation commands change the data only: refuse any other ``key=value``."""
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ValueError(f"{command} takes data.* overrides only, got {bad}")
+
+
 def evaluate_checkpoint(
     path: str | Path, overrides: Sequence[str] = (), device: str = "auto"
 ) -> tuple[dict[str, float], Path]:
@@ -498,9 +505,7 @@ def evaluate_checkpoint(
     """
     path = ck.resolve_checkpoint(path)
     ckpt = ck.load_checkpoint(path)
-    bad = [o for o in overrides if not o.startswith("data.")]
-    if bad:
-        raise ValueError(f"eval takes data.* overrides only, got {bad}")
+    check_data_overrides(overrides, "eval")
     cfg = load_recipe(ckpt["recipe"], list(overrides))
     dist = init_distributed(device)
     try:
