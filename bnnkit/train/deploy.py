@@ -46,7 +46,7 @@ def format_size_report(report: dict[str, Any], file: Path) -> str:
                      f"{packed / 1024:>11.2f} {layer['ratio']:>8.4f}")  # fmt: skip
     mib = 1024 * 1024
     ratios = sorted({round(1 / layer["ratio"]) for layer in report["layers"]})
-    share = "/".join(f"1/{r}" for r in ratios)
+    share = ", ".join(f"1/{r}" for r in ratios)
     lines.append(
         f"packed file {file}: {report['packed_file_bytes'] / mib:.2f} MiB; float state_dict "
         f"{report['float_state_bytes'] / mib:.2f} MiB; ratio {report['ratio']:.4f} "
