@@ -44,8 +44,6 @@ class _Packed(nn.Module):
         """Drop what the kernel prepared from the buffers (done by ``load_state_dict``,
         :meth:`fold_affine` and :meth:`set_kernel`; call it after editing buffers in place)."""
         self._plan = None
-        if isinstance(self, PackedConv2d):
-            self._wsum = None
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -83,6 +81,10 @@ class PackedConv2d(_Packed):
         shape = (out_channels, *self.kernel_size, num_words(in_channels))
         self._init_packed(shape, out_channels, in_channels, has_shift, kernel)
         self.register_buffer("_wsum", None, persistent=False)
+
+    def refresh(self) -> None:
+        super().refresh()
+        self._wsum = None
 
     def position_sums(self) -> Tensor:
         """``(O, kH * kW)`` sums of the weight signs per kernel position (padding correction)."""

@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 from torch import Tensor
 
-from bnnkit.export.kernels.reference import weight_position_sums
+from bnnkit.export.kernels.reference import output_size, weight_position_sums
 
 
 @intrinsic
@@ -129,6 +129,20 @@ def _u64(t: Tensor) -> np.ndarray:
 _EMPTY = np.empty(0, np.float32)
 
 
+def _f32(t: Tensor) -> np.ndarray:
+    """A float32 numpy copy of a small per-channel tensor (scale, bias, shift)."""
+    return t.detach().float().contiguous().numpy().copy()
+
+
+def _affine_arrays(
+    scale: Tensor | None, bias: Tensor | None, n_out: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, bias)`` as the kernels take them: empty arrays mean integer output."""
+    if scale is None:
+        return _EMPTY, _EMPTY
+    return _f32(scale), np.zeros(n_out, np.float32) if bias is None else _f32(bias)
+
+
 def pack_activations(x: Tensor, shift: Tensor | None = None) -> Tensor:
     """As :func:`bnnkit.export.pack.pack_activations`, for float32 ``(N, C, H, W)`` or ``(N, C)``."""
     if x.dtype != torch.float32:
@@ -136,7 +150,7 @@ def pack_activations(x: Tensor, shift: Tensor | None = None) -> Tensor:
     x4 = x if x.ndim == 4 else x[:, :, None, None]
     n, c, h, w = x4.shape
     out = np.empty((n, h, w, -(-c // 64)), np.uint64)
-    s = _EMPTY if shift is None else shift.detach().float().contiguous().numpy()
+    s = _EMPTY if shift is None else _f32(shift)
     _set_threads()
     _pack_nchw(x4.detach().numpy(), s, out)
     res = torch.from_numpy(out.view(np.int64))
@@ -161,11 +175,7 @@ def prepare_conv(w_bits: Tensor, in_channels: int, scale: Tensor | None = None,
         wsum = weight_position_sums(w_bits, in_channels)
     wt = np.ascontiguousarray(_u64(w_bits).reshape(o, -1).T)
     ws = np.ascontiguousarray(wsum.numpy().astype(np.int64).T)
-    if scale is None:
-        return ConvPlan(wt, ws, _EMPTY, _EMPTY)
-    sc = scale.detach().float().contiguous().numpy().copy()
-    bi = np.zeros(o, np.float32) if bias is None else bias.detach().float().numpy().copy()
-    return ConvPlan(wt, ws, sc, bi)
+    return ConvPlan(wt, ws, *_affine_arrays(scale, bias, o))
 
 
 def conv2d(x_bits: Tensor, w_bits: Tensor, in_channels: int, kernel_size: tuple[int, int],
@@ -177,7 +187,7 @@ def conv2d(x_bits: Tensor, w_bits: Tensor, in_channels: int, kernel_size: tuple[
     n, h, w, _ = x_bits.shape
     o, kh, kw, _ = w_bits.shape
     (sh, sw), (ph, pw) = stride, padding
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    oh, ow = output_size(h, w, (kh, kw), stride, padding)
     if plan is None:
         plan = prepare_conv(w_bits, in_channels, scale, bias, wsum)
     out = np.empty((n, oh, ow, o), np.float32 if plan.scale.shape[0] else np.int32)
@@ -191,11 +201,8 @@ def linear(x_bits: Tensor, w_bits: Tensor, in_features: int, scale: Tensor | Non
            bias: Tensor | None = None) -> Tensor:  # fmt: skip
     """Exact packed matrix product; int32 ``(N, O)`` or float32 ``scale * dot + bias``."""
     n, o = x_bits.shape[0], w_bits.shape[0]
-    affine = scale is not None
-    out = np.empty((n, o), np.float32 if affine else np.int32)
-    sc = scale.detach().float().contiguous().numpy() if affine else _EMPTY
-    bi = (bias.detach().float().contiguous().numpy() if bias is not None
-          else np.zeros(o, np.float32)) if affine else _EMPTY  # fmt: skip
+    sc, bi = _affine_arrays(scale, bias, o)
+    out = np.empty((n, o), np.float32 if sc.shape[0] else np.int32)
     _set_threads()
     _linear(_u64(x_bits), _u64(w_bits), in_features, sc, bi, out)
     return torch.from_numpy(out)

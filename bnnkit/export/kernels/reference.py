@@ -22,6 +22,13 @@ def _valid_mask(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int]
     return cols[0].t() > 0
 
 
+def output_size(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int]) -> tuple[int, int]:  # fmt: skip
+    """``(OH, OW)`` of a convolution with zero padding, dilation 1."""
+    return ((h + 2 * padding[0] - kernel[0]) // stride[0] + 1,
+            (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)  # fmt: skip
+
+
 def weight_position_sums(w_bits: Tensor, in_channels: int) -> Tensor:
     """``S[o, p] = sum_c sign(w[o, c, p])`` = ``C - 2 popcount(w_bits[o, p])``, int64 ``(O, P)``:
     what a kernel position contributes when the input there is the +1 of an all-zero word,
@@ -48,7 +55,7 @@ def conv2d(x_bits: Tensor, w_bits: Tensor, in_channels: int, kernel_size: tuple[
     n, h, w, words = x_bits.shape
     o, kh, kw, _ = w_bits.shape
     (sh, sw), (ph, pw) = stride, padding
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    oh, ow = output_size(h, w, (kh, kw), (sh, sw), (ph, pw))
     xp = x_bits.new_zeros((n, h + 2 * ph, w + 2 * pw, words))
     xp[:, ph : ph + h, pw : pw + w] = x_bits
     cols = xp.unfold(1, kh, sh).unfold(2, kw, sw)  # (N, OH, OW, words, kH, kW)
