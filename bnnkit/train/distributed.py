@@ -80,6 +80,20 @@ def init_distributed(device_spec: str = "auto") -> Dist:
     return Dist(rank, world, local, device)
 
 
-def shutdown(dist: Dist) -> None:
+def shutdown(dist: Dist, *, completed: bool) -> None:
+    """Leave the process group.
+
+    After a run that ``completed`` on every rank, the ranks first meet at a barrier, so that
+    the last collective a process issues holds no tensor. Without it a rank that finishes
+    early (rank 1 while rank 0 writes its checkpoint) can reach interpreter shutdown while
+    gloo's worker thread is still releasing the last all-reduce's tensors; that release needs
+    the GIL, which a finalizing interpreter no longer gives, and the process aborts
+    ("terminate called without an active exception") although its work is done. Once DDP
+    has used the group, gloo's threads outlive ``destroy_process_group`` (observed with
+    torch 2.13), so the barrier, not the destroy, is what closes the race. After a failure the barrier is
+    skipped: the other ranks may never reach it.
+    """
     if dist.enabled and td.is_initialized():
+        if completed:
+            td.barrier()
         td.destroy_process_group()

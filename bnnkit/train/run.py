@@ -221,14 +221,17 @@ def train(
     )
     start = time.time() - (ckpt["seconds"] if ckpt else 0.0)
     data = None
+    completed = False
     try:
         data = _build_data(cfg, dist)
-        return _run_stages(cfg, ckpt, run_dir, dist, logger, teacher, callbacks, data, start)
+        result = _run_stages(cfg, ckpt, run_dir, dist, logger, teacher, callbacks, data, start)
+        completed = True
+        return result
     finally:
         if data is not None:
             data.close()
         logger.close()
-        shutdown(dist)
+        shutdown(dist, completed=completed)
 
 
 def _run_stages(
@@ -508,6 +511,7 @@ def evaluate_checkpoint(
     check_data_overrides(overrides, "eval")
     cfg = load_recipe(ckpt["recipe"], list(overrides))
     dist = init_distributed(device)
+    completed = False
     try:
         data = build_data(cfg.data, device=dist.device, rank=dist.rank, world_size=dist.world_size)
         if data.num_classes != ckpt["model_spec"]["num_classes"]:
@@ -515,6 +519,8 @@ def evaluate_checkpoint(
                 f"the data has {data.num_classes} classes but the checkpoint's model {ckpt['model_spec']['num_classes']}"
             )
         model = model_from_checkpoint(ckpt, dist.device)
-        return evaluate(model, data.val, dist, contextlib.nullcontext), path
+        metrics = evaluate(model, data.val, dist, contextlib.nullcontext)
+        completed = True
+        return metrics, path
     finally:
-        shutdown(dist)
+        shutdown(dist, completed=completed)

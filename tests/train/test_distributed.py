@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from bnnkit.train import load_checkpoint, train
+from bnnkit.train import distributed, load_checkpoint, train
 
 RECIPE = {
     "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
@@ -71,3 +71,36 @@ def test_batch_not_divisible_by_processes_is_a_clear_error(tmp_path):
     proc = torchrun(tmp_path, recipe, tmp_path / "odd")
     assert proc.returncode != 0
     assert "data.batch_size" in proc.stderr and "33" in proc.stderr
+
+
+class _FakeGroup:
+    """Stands in for ``torch.distributed`` to record what :func:`shutdown` calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def barrier(self) -> None:
+        self.calls.append("barrier")
+
+    def destroy_process_group(self) -> None:
+        self.calls.append("destroy")
+
+
+@pytest.mark.parametrize(("completed", "expected"), [(True, ["barrier", "destroy"]), (False, ["destroy"])])  # fmt: skip
+def test_shutdown_meets_at_a_barrier_only_after_a_completed_run(monkeypatch, completed, expected):
+    # the barrier keeps a rank that finished early from exiting while gloo still releases its
+    # last all-reduce (an abort at interpreter exit); after a failure it could wait forever
+    fake = _FakeGroup()
+    monkeypatch.setattr(distributed, "td", fake)
+    distributed.shutdown(distributed.Dist(rank=1, world_size=2), completed=completed)
+    assert fake.calls == expected
+
+
+def test_shutdown_of_a_single_process_touches_no_group(monkeypatch):
+    fake = _FakeGroup()
+    monkeypatch.setattr(distributed, "td", fake)
+    distributed.shutdown(distributed.Dist(), completed=True)
+    assert fake.calls == []
