@@ -1,4 +1,4 @@
-"""The numba kernel's input packing on every memory layout a layer can receive.
+"""The numba kernel's own parts: input packing on every memory layout, the vector-width hint.
 
 A packed layer's output is a channels-last view, so the next packed layer usually receives a
 channels-last input; the float model's layers give NCHW-contiguous ones; slices give strided
@@ -56,3 +56,21 @@ def test_linear_input_packs_like_the_reference(c):
     assert torch.equal(numba_cpu.pack_activations(x, shift), pack_activations(x, shift))
     assert torch.equal(numba_cpu.pack_activations(x[:, :]), pack_activations(x))
     assert torch.equal(numba_cpu.pack_activations(x.t().contiguous().t()), pack_activations(x))
+
+
+class _Function:
+    def __init__(self, attributes) -> None:
+        self.attributes = attributes
+
+
+def test_the_wide_vector_hint_is_added_to_the_function_being_compiled():
+    fn = _Function(set())
+    numba_cpu._prefer_wide_vectors(fn)
+    assert fn.attributes == {'"prefer-vector-width"="512"'}
+
+
+def test_a_refused_wide_vector_hint_is_not_an_error():
+    # a future llvmlite might refuse unknown attributes: the kernel then compiles without it
+    fn = _Function(frozenset())
+    numba_cpu._prefer_wide_vectors(fn)
+    assert fn.attributes == frozenset()
