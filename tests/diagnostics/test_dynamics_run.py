@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from _helpers import events, merged
 from safetensors.torch import load_file
 from torch import nn
 
@@ -24,25 +25,20 @@ from bnnkit.train import load_checkpoint, train
 METRICS = ("flip", "backforth", "dead", "silent", "qerr", "entropy")
 
 
+BASE = {
+    "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
+             "synthetic_train": 192, "synthetic_val": 64, "batch_size": 32},
+    "model": {"name": "mlp", "in_features": 12, "hidden": 32, "depth": 2},
+    "method": {"name": "ste"},
+    "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+    "schedule": {"name": "constant"},
+    "training": {"epochs": 3, "seed": 3},
+    "logging": {"log_every": 2, "progress": "off", "tensorboard": False},
+}  # fmt: skip
+
+
 def recipe(**sections):
-    base = {
-        "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
-                 "synthetic_train": 192, "synthetic_val": 64, "batch_size": 32},
-        "model": {"name": "mlp", "in_features": 12, "hidden": 32, "depth": 2},
-        "method": {"name": "ste"},
-        "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
-        "schedule": {"name": "constant"},
-        "training": {"epochs": 3, "seed": 3},
-        "logging": {"log_every": 2, "progress": "off", "tensorboard": False},
-    }  # fmt: skip
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return base
-
-
-def events(run_dir, kind):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["event"] == kind]
+    return merged(BASE, **sections)
 
 
 def binary_names(cfg):

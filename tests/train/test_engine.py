@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import yaml
+from _helpers import events, merged
 from torch import nn
 
 import bnnkit
@@ -15,26 +16,20 @@ from bnnkit.train import CheckpointError, NonFiniteLossError, load_checkpoint, t
 from bnnkit.train.checkpoint import atomic_save, load_model_state, load_stage_init
 from bnnkit.train.run import model_from_checkpoint
 
+BASE = {
+    "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
+             "synthetic_train": 256, "synthetic_val": 64, "batch_size": 32},
+    "model": {"name": "mlp", "in_features": 12, "hidden": 32, "depth": 2},
+    "method": {"name": "reactnet"},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "schedule": {"name": "cosine", "warmup_epochs": 1},
+    "training": {"epochs": 3, "seed": 3},
+    "logging": {"log_every": 3, "progress": "off", "tensorboard": False},
+}  # fmt: skip
+
 
 def recipe(**sections):
-    base = {
-        "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
-                 "synthetic_train": 256, "synthetic_val": 64, "batch_size": 32},
-        "model": {"name": "mlp", "in_features": 12, "hidden": 32, "depth": 2},
-        "method": {"name": "reactnet"},
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-        "schedule": {"name": "cosine", "warmup_epochs": 1},
-        "training": {"epochs": 3, "seed": 3},
-        "logging": {"log_every": 3, "progress": "off", "tensorboard": False},
-    }  # fmt: skip
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return base
-
-
-def events(run_dir, kind):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["event"] == kind]
+    return merged(BASE, **sections)
 
 
 def test_run_directory_contents(tmp_path):
