@@ -10,7 +10,9 @@ of processes (exactly, for a model without batch norm).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -90,10 +92,23 @@ def shutdown(dist: Dist, *, completed: bool) -> None:
     the GIL, which a finalizing interpreter no longer gives, and the process aborts
     ("terminate called without an active exception") although its work is done. Once DDP
     has used the group, gloo's threads outlive ``destroy_process_group`` (observed with
-    torch 2.13), so the barrier, not the destroy, is what closes the race. After a failure the barrier is
-    skipped: the other ranks may never reach it.
+    torch 2.13), so the barrier, not the destroy, is what closes the race. After a failure the
+    barrier is skipped: the other ranks may never reach it.
     """
     if dist.enabled and td.is_initialized():
         if completed:
             td.barrier()
         td.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_spec: str = "auto") -> Iterator[Dist]:
+    """``with process_group(device) as dist:`` joins (:func:`init_distributed`) and always
+    leaves (:func:`shutdown`): completed when the block ends normally, failed when it raises."""
+    dist = init_distributed(device_spec)
+    try:
+        yield dist
+    except BaseException:
+        shutdown(dist, completed=False)
+        raise
+    shutdown(dist, completed=True)

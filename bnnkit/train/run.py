@@ -37,7 +37,7 @@ from bnnkit.methods import binarize_, binary_layers, get_method
 from bnnkit.models import create_model
 from bnnkit.train import checkpoint as ck
 from bnnkit.train.config import RunConfig, StageConfig, load_recipe, parse_override
-from bnnkit.train.distributed import Dist, init_distributed, shutdown
+from bnnkit.train.distributed import Dist, process_group
 from bnnkit.train.engine import EpochResult, StageProgress, StageTrainer, evaluate
 from bnnkit.train.logging import RunLogger
 from bnnkit.train.losses import TaskLoss
@@ -208,30 +208,26 @@ def train(
     else:
         cfg = load_recipe(recipe, flat)
     first = cfg.stages[0].training
-    dist = init_distributed(first.device)
-    _seed_everything(first.seed, first.deterministic)  # same init on every rank
-    if resume is None:
-        run_dir = _new_run_dir(cfg, out) if dist.is_main else Path(out or ".")
-    if dist.is_main:
-        _write_config(run_dir, cfg)
-    logger = RunLogger(
-        run_dir if dist.is_main else None,
-        tensorboard=cfg.logging.tensorboard,
-        progress=cfg.logging.progress,
-    )
-    start = time.time() - (ckpt["seconds"] if ckpt else 0.0)
-    data = None
-    completed = False
-    try:
-        data = _build_data(cfg, dist)
-        result = _run_stages(cfg, ckpt, run_dir, dist, logger, teacher, callbacks, data, start)
-        completed = True
-        return result
-    finally:
-        if data is not None:
-            data.close()
-        logger.close()
-        shutdown(dist, completed=completed)
+    with process_group(first.device) as dist:
+        _seed_everything(first.seed, first.deterministic)  # same init on every rank
+        if resume is None:
+            run_dir = _new_run_dir(cfg, out) if dist.is_main else Path(out or ".")
+        if dist.is_main:
+            _write_config(run_dir, cfg)
+        logger = RunLogger(
+            run_dir if dist.is_main else None,
+            tensorboard=cfg.logging.tensorboard,
+            progress=cfg.logging.progress,
+        )
+        start = time.time() - (ckpt["seconds"] if ckpt else 0.0)
+        data = None
+        try:
+            data = _build_data(cfg, dist)
+            return _run_stages(cfg, ckpt, run_dir, dist, logger, teacher, callbacks, data, start)
+        finally:
+            if data is not None:
+                data.close()
+            logger.close()
 
 
 def _run_stages(
@@ -510,17 +506,11 @@ def evaluate_checkpoint(
     ckpt = ck.load_checkpoint(path)
     check_data_overrides(overrides, "eval")
     cfg = load_recipe(ckpt["recipe"], list(overrides))
-    dist = init_distributed(device)
-    completed = False
-    try:
+    with process_group(device) as dist:
         data = build_data(cfg.data, device=dist.device, rank=dist.rank, world_size=dist.world_size)
         if data.num_classes != ckpt["model_spec"]["num_classes"]:
             raise ValueError(
                 f"the data has {data.num_classes} classes but the checkpoint's model {ckpt['model_spec']['num_classes']}"
             )
         model = model_from_checkpoint(ckpt, dist.device)
-        metrics = evaluate(model, data.val, dist, contextlib.nullcontext)
-        completed = True
-        return metrics, path
-    finally:
-        shutdown(dist, completed=completed)
+        return evaluate(model, data.val, dist, contextlib.nullcontext), path

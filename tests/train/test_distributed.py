@@ -104,3 +104,23 @@ def test_shutdown_of_a_single_process_touches_no_group(monkeypatch):
     monkeypatch.setattr(distributed, "td", fake)
     distributed.shutdown(distributed.Dist(), completed=True)
     assert fake.calls == []
+
+
+def test_process_group_leaves_completed_after_a_normal_block(monkeypatch):
+    fake = _FakeGroup()
+    monkeypatch.setattr(distributed, "td", fake)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with distributed.process_group("cpu") as dist:
+        assert (dist.rank, dist.world_size) == (1, 2)
+        assert fake.calls == []
+    assert fake.calls == ["barrier", "destroy"]
+
+
+def test_process_group_leaves_without_a_barrier_when_the_block_raises(monkeypatch):
+    fake = _FakeGroup()
+    monkeypatch.setattr(distributed, "td", fake)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="boom"), distributed.process_group("cpu"):
+        raise RuntimeError("boom")
+    assert fake.calls == ["destroy"]
