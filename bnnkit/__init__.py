@@ -11,27 +11,34 @@ Public API::
     packed = bnnkit.export.convert(model); bnnkit.export.save_packed(model, "m.bnn")
 """
 
-from bnnkit import export, train
+from bnnkit import export
 from bnnkit._version import __version__
 from bnnkit.diagnostics import ModelSummary, summary
+from bnnkit.errors import BnnkitError, ConfigError
 from bnnkit.methods import (
     Method,
     TrainState,
     binarize_,
     binary_layers,
+    compose,
     get_method,
     list_methods,
     register_method,
 )
 from bnnkit.models import create_model, list_models, model_info, register_model
+from bnnkit.runs import RunResult, train
 
 __all__ = [
+    "BnnkitError",
+    "ConfigError",
     "Method",
     "ModelSummary",
+    "RunResult",
     "TrainState",
     "__version__",
     "binarize_",
     "binary_layers",
+    "compose",
     "create_model",
     "export",
     "get_method",

@@ -6,11 +6,14 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from bnnkit.errors import ConfigError
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to objects; unknown names raise a ``ValueError`` listing the valid ones.
+    """Maps names to objects; an unknown name raises a :class:`~bnnkit.errors.ConfigError`
+    listing the valid ones (and the closest match).
 
     Args:
         kind: what is registered ("binarizer", "method", ...), used in messages.
@@ -38,7 +41,7 @@ class Registry(Generic[T]):
         return wrap
 
     def canonical(self, name: str) -> str:
-        """The registered name for ``name`` or one of its aliases; ``ValueError`` if unknown."""
+        """The registered name for ``name`` or one of its aliases; ``ConfigError`` if unknown."""
         if not isinstance(name, str):
             raise TypeError(f"{self.kind} name must be a str, got {type(name).__name__}")
         if name in self._items:
@@ -47,8 +50,8 @@ class Registry(Generic[T]):
             return self._aliases[name]
         valid = ", ".join(self.names())
         close = difflib.get_close_matches(name, [*self._items, *self._aliases], n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {valid}")
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"is not a known {self.kind}", value=name, allowed=valid + hint)
 
     def get(self, name: str) -> T:
         return self._items[self.canonical(name)]

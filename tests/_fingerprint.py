@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -74,10 +75,26 @@ def recipes() -> dict[str, dict[str, Any]]:
     return out
 
 
+# buffers that the split replaced by the shared sign history (previous signs / weights)
+_GONE = ("prev_sign", "weight_prev", "primed")
+
+
+def _key(name: str) -> str:
+    """A state key in the layout before the split: ``method_state.<part>.x`` -> ``method_state.x``."""
+    return re.sub(r"\.method_state\.[a-z0-9_+]+\.", ".method_state.", name)
+
+
 def _parameters(checkpoint: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-    # parameters only: buffers (method state, trackers) are laid out differently after the split
-    return {k: v for k, v in sorted(state.items()) if v.is_floating_point() and v.ndim > 0}
+    """Float tensors of the model's state (parameters, BN statistics, method state), keyed in
+    the layout before the split; the replaced sign records and the new sign history left out."""
+    model = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    out = {}
+    for name, value in model.items():
+        if ".sign_history." in name or name.rsplit(".", 1)[-1] in _GONE:
+            continue
+        if value.is_floating_point() and value.ndim > 0:
+            out[_key(name)] = value
+    return dict(sorted(out.items()))
 
 
 def fingerprint(recipe: dict[str, Any], out: Path) -> dict[str, Any]:

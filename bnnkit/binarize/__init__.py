@@ -15,10 +15,12 @@ from bnnkit.binarize.autograd import (
 )
 from bnnkit.binarize.binarizers import (
     ApproxSign,
+    Binarizer,
     ClippedSTESign,
     EDESign,
     IdentitySTESign,
     MagnitudeAwareSign,
+    PlainSign,
     StdNormApproxSign,
     SwishSign,
     get_binarizer,
@@ -39,12 +41,14 @@ from bnnkit.binarize.scales import LearnableScale, MeanAbsScale, Scale, get_scal
 
 __all__ = [
     "ApproxSign",
+    "Binarizer",
     "ClippedSTESign",
     "EDESign",
     "IdentitySTESign",
     "LearnableScale",
     "MagnitudeAwareSign",
     "MeanAbsScale",
+    "PlainSign",
     "Scale",
     "StdNormApproxSign",
     "SwishSign",

@@ -8,7 +8,13 @@ values) with a surrogate gradient. Layers accept one by name, as a module, or ``
     get_binarizer(EDESign(t=0.1))      # -> the same module
     get_binarizer(None)                # -> None (full precision)
 
-Register your own with ``@register_binarizer("name")`` on an ``nn.Module`` subclass whose
+Every bnnkit binarizer derives from :class:`Binarizer`, which makes it answer the two
+questions the rest of bnnkit asks about a binarizer, so that no other package keeps a table of
+binarizer types: what tensor its sign is taken of (:meth:`Binarizer.sign_input`: the sign
+history and the trackers read it) and what it computes at inference
+(:meth:`Binarizer.inference_shift`: the packed export reproduces ``sign(x + b)``).
+
+Register your own with ``@register_binarizer("name")`` on a :class:`Binarizer` subclass whose
 constructor arguments all have defaults.
 """
 
@@ -22,13 +28,48 @@ from torch import Tensor, nn
 from bnnkit._registry import Registry
 from bnnkit.binarize import autograd as A
 
-BINARIZERS: Registry[type[nn.Module]] = Registry("binarizer")
+
+class Binarizer(nn.Module):
+    r"""Base class of binarizer modules: ``forward(x)`` is a two-valued function of ``x``.
+
+    Subclasses say themselves, by overriding two methods, what the rest of bnnkit needs to
+    know about them:
+
+    * :meth:`sign_input`: the tensor :math:`u(x)` whose sign the output is,
+      :math:`\mathrm{forward}(x) \propto \mathrm{sign}(u(x))`. ``x`` itself for an
+      element-wise sign (the default); ReCU's standardised, clamped weight; IR-Net's
+      standardised weight. Read by the per-layer sign history (flips, silent weights).
+    * :meth:`inference_shift`: ``b`` with eval-mode output :math:`\mathrm{sign}(x + b)`
+      (per channel, dim 1), ``None`` for :math:`\mathrm{sign}(x)`. The default raises
+      ``NotImplementedError`` (the packed export then refuses the layer): a binarizer must
+      state its inference function to be exported.
+    """
+
+    def sign_input(self, x: Tensor) -> Tensor:
+        """The tensor whose sign the output is (``x`` for an element-wise sign)."""
+        return x
+
+    def inference_shift(self) -> Tensor | None:
+        """``b`` such that the eval-mode output is ``sign(x + b)``; ``None`` for ``sign(x)``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not state its inference function as sign(x + b)"
+        )
+
+
+class PlainSign(Binarizer):
+    """A binarizer whose output at inference is ``sign(x)`` of its input, element-wise."""
+
+    def inference_shift(self) -> None:
+        return None
+
+
+BINARIZERS: Registry[type[Binarizer]] = Registry("binarizer")
 
 
 def register_binarizer(
     name: str, *, aliases: tuple[str, ...] = ()
-) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: register a binarizer module class under ``name``."""
+) -> Callable[[type[Binarizer]], type[Binarizer]]:
+    """Class decorator: register a :class:`Binarizer` subclass under ``name``."""
     return BINARIZERS.decorator(name, aliases=aliases)
 
 
@@ -66,7 +107,7 @@ def get_binarizer(spec: str | nn.Module | None, **kwargs: object) -> nn.Module |
 
 
 @register_binarizer("identity_ste")
-class IdentitySTESign(nn.Module):
+class IdentitySTESign(PlainSign):
     r"""Sign with the identity straight-through estimator.
 
     Forward :math:`\mathrm{sign}(x)` (sign(0) = +1); backward :math:`\partial/\partial x = 1`.
@@ -78,7 +119,7 @@ class IdentitySTESign(nn.Module):
 
 
 @register_binarizer("clipped_ste", aliases=("ste_sign",))
-class ClippedSTESign(nn.Module):
+class ClippedSTESign(PlainSign):
     r"""Sign with the clipped straight-through estimator (larq's ``ste_sign``).
 
     Forward :math:`\mathrm{sign}(x)`; backward :math:`1_{|x| \le c}` (``clip_value`` c = 1).
@@ -100,7 +141,7 @@ class ClippedSTESign(nn.Module):
 
 
 @register_binarizer("approx_sign")
-class ApproxSign(nn.Module):
+class ApproxSign(PlainSign):
     r"""Sign with Bi-Real Net's ApproxSign estimator.
 
     Forward :math:`\mathrm{sign}(x)`; backward :math:`\max(0, 2 - 2|x|)`, the derivative of the
@@ -113,7 +154,7 @@ class ApproxSign(nn.Module):
 
 
 @register_binarizer("ede")
-class EDESign(nn.Module):
+class EDESign(PlainSign):
     r"""Sign with IR-Net's Error Decay Estimator.
 
     Forward :math:`\mathrm{sign}(x)`; backward :math:`k\,t\,(1 - \tanh^2(t x))`. ``t`` and ``k``
@@ -134,7 +175,7 @@ class EDESign(nn.Module):
 
 
 @register_binarizer("swish_sign")
-class SwishSign(nn.Module):
+class SwishSign(PlainSign):
     r"""Sign with the SwishSign estimator of BNN+.
 
     Forward :math:`\mathrm{sign}(x)`; backward
@@ -156,7 +197,7 @@ class SwishSign(nn.Module):
 
 
 @register_binarizer("magnitude_aware_sign")
-class MagnitudeAwareSign(nn.Module):
+class MagnitudeAwareSign(Binarizer):
     r"""Magnitude-aware sign for weights (Bi-Real Net §3.3; larq's ``magnitude_aware_sign``).
 
     Forward :math:`\alpha_c\,\mathrm{sign}(W)` with :math:`\alpha_c = \lVert W_c\rVert_1 / n`
@@ -177,7 +218,7 @@ class MagnitudeAwareSign(nn.Module):
 
 
 @register_binarizer("std_approx_sign")
-class StdNormApproxSign(nn.Module):
+class StdNormApproxSign(Binarizer):
     r"""ApproxSign on the input divided by its per-sample std, in training only (ReCU, OvSW).
 
     Training: :math:`\hat a = (a + b_c) / \sqrt{\mathrm{var}_{C,H,W}(a + b_c) + 10^{-5}}`
@@ -203,6 +244,14 @@ class StdNormApproxSign(nn.Module):
         if self.training:  # fused: sign(x), and the normalised surrogate in the backward
             return A.std_norm_approx_sign(x, self.detach_std)
         return A.approx_sign(x)
+
+    def sign_input(self, x: Tensor) -> Tensor:
+        """``x + b`` (the per-sample std only divides by a positive number)."""
+        return x if self.bias is None else x + self.bias.view(1, -1, *([1] * (x.ndim - 2)))
+
+    def inference_shift(self) -> Tensor | None:
+        """The learnable shift ``b`` (or ``None``): the std never changes the sign."""
+        return None if self.bias is None else self.bias.detach().float().clone()
 
     def extra_repr(self) -> str:
         return f"detach_std={self.detach_std}, bias={self.bias is not None}"

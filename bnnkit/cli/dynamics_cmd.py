@@ -39,20 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from bnnkit.diagnostics.report import _pyplot, write_report
+    from bnnkit.diagnostics.figures import pyplot
+    from bnnkit.diagnostics.report import write_report
+    from bnnkit.runs import load_run
 
-    report, figures = write_report(args.run_dir, args.out)
+    report, figures = write_report(load_run(args.run_dir), args.out)
     print(f"report: {report}")
     for f in figures:
         print(f"figure: {f}")
-    if _pyplot() is None:
+    if pyplot() is None:
         print('bnnkit: figures skipped: matplotlib is not installed (pip install "bnnkit[plot]")',
               file=sys.stderr)  # fmt: skip
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from bnnkit.diagnostics.compare import compare, parse_list
+    from bnnkit.runs.compare import compare, parse_list
 
     try:
         result = compare(

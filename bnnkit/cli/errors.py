@@ -1,5 +1,7 @@
 """CLI error type."""
 
+from bnnkit.errors import BnnkitError
 
-class CLIError(Exception):
-    """A user error: printed as ``bnnkit: error: ...`` with exit status 2, no traceback."""
+
+class CLIError(BnnkitError):
+    """A command line that cannot be carried out as given (printed as one line, exit 2)."""

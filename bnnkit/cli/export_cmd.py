@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from bnnkit.train.deploy import export_checkpoint, format_size_report
+    from bnnkit.runs.evaluate import export_checkpoint, format_size_report
 
     file, report = export_checkpoint(args.source, args.out, kernel=args.kernel)
     print(format_size_report(report, file))
@@ -41,7 +41,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from bnnkit.train.deploy import evaluate_packed
+    from bnnkit.runs.evaluate import evaluate_packed
 
     overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
     m = evaluate_packed(args.file, overrides, kernel=args.kernel)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             fields = ", ".join(f"{k}={v!r}" for k, v in method.fields().items())
             print(f"{name:10s} {_first_line(type(method))}" + (f"  [{fields}]" if fields else ""))
     elif args.what == "recipes":
-        from bnnkit.train.config import list_recipes, recipes_dir
+        from bnnkit.config import list_recipes, recipes_dir
 
         names = list_recipes()
         print(f"recipes in {recipes_dir()}:" if names else f"no recipes in {recipes_dir()}")

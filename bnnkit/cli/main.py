@@ -1,6 +1,9 @@
 """``bnnkit`` command line: thin argparse wrappers over library functions.
 
-Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``.
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``. A
+user error (:class:`bnnkit.errors.BnnkitError`: a bad recipe key, a missing data folder, a
+checkpoint that does not fit...) is printed as one line and exits with its ``exit_status``
+(2, or 1 for a training that diverged); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,15 +15,7 @@ from collections.abc import Sequence
 
 from bnnkit._version import __version__
 from bnnkit.cli import dynamics_cmd, export_cmd, listing, summary_cmd, train_cmd
-from bnnkit.cli.errors import CLIError
-from bnnkit.data.files import DownloadError
-from bnnkit.train.checkpoint import CheckpointError
-
-# User errors: printed as one line, exit status 2 (bugs still show a traceback).
-USER_ERRORS = (
-    CLIError, ValueError, FileExistsError, FileNotFoundError, CheckpointError, DownloadError,
-    ImportError,
-)  # fmt: skip
+from bnnkit.errors import BnnkitError
 
 COMMANDS = (train_cmd, dynamics_cmd, export_cmd, listing, summary_cmd)
 
@@ -59,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` etc.
         sys.stderr.close()
         return 0
-    except USER_ERRORS as err:
+    except BnnkitError as err:
         print(f"bnnkit: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from bnnkit.train import NonFiniteLossError, format_result, train
+    from bnnkit.runs import format_result, train
 
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe is not None and "=" in recipe and not Path(recipe).exists():
@@ -59,9 +59,6 @@ def run_train(args: argparse.Namespace) -> int:
         )
     try:
         result = train(recipe or "quickstart", overrides, out=args.out, resume=args.resume)
-    except NonFiniteLossError as err:
-        print(f"bnnkit: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("\nbnnkit: interrupted; the last finished epoch is saved: continue with "
               "`bnnkit train --resume RUN_DIR`", file=sys.stderr)  # fmt: skip
@@ -72,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from bnnkit.train import evaluate_checkpoint
+    from bnnkit.runs import evaluate_checkpoint
 
     overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
     metrics, path = evaluate_checkpoint(args.checkpoint, overrides)

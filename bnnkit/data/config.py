@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bnnkit.errors import ConfigError
+
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagenet")
 NORMALIZATIONS = ("dataset", "imagenet", "cifar", "none")
 LIGHTING_SPACES = ("pil", "tensor")
 
 
 def _fail(field: str, value: object, allowed: str) -> None:
-    raise ValueError(f"data.{field} = {value!r} is not valid; allowed: {allowed}")
+    raise ConfigError("is not valid", location=(field,), value=value, allowed=allowed)
 
 
 @dataclass(frozen=True)

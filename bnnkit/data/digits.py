@@ -19,6 +19,7 @@ from torch import Tensor
 from bnnkit.data.base import DataBundle
 from bnnkit.data.config import DataConfig
 from bnnkit.data.memory import build_loaders, standardize
+from bnnkit.errors import MissingDependencyError
 
 NUM_SAMPLES = 1797
 NUM_TRAIN = 1437
@@ -30,7 +31,7 @@ def _load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             'the digits data set needs scikit-learn: pip install "bnnkit[digits]" '
             "(or pip install scikit-learn)"
         ) from exc
@@ -48,7 +49,7 @@ def load_digits(normalize: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]
         normalize: standardize with the training mean/std (after dividing by 16).
 
     Raises:
-        ImportError: scikit-learn is not installed (the message says how to install it).
+        MissingDependencyError: scikit-learn is not installed (the message says how to install it).
     """
     data, target = _load_sklearn_digits()
     if data.shape != (NUM_SAMPLES, 64):

@@ -19,19 +19,21 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bnnkit.errors import BnnkitError
+
 DATA_ENV = "BNNKIT_DATA"
 """Environment variable: parent folder of every data set (``$BNNKIT_DATA/<name>``)."""
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(BnnkitError, FileNotFoundError):
     """Data set files are missing (the message lists them and says where to put them)."""
 
 
-class DataCorruptError(ValueError):
+class DataCorruptError(BnnkitError, ValueError):
     """A data file exists but cannot be read or has the wrong content (names the file)."""
 
 
-class DownloadError(OSError):
+class DownloadError(BnnkitError, OSError):
     """Fetching or checking a data archive failed (names the URL and the problem)."""
 
 

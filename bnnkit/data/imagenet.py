@@ -36,6 +36,7 @@ from bnnkit.data.augment import normalization_stats
 from bnnkit.data.base import DataBundle
 from bnnkit.data.config import DataConfig
 from bnnkit.data.files import DataCorruptError, DataNotFoundError, resolve_root
+from bnnkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -298,10 +299,10 @@ class FolderLoader:
 
 def _local_batch(global_batch: int, world_size: int, field: str) -> int:
     if global_batch % world_size:
-        raise ValueError(
-            f"data.{field} = {global_batch} is the global batch and must be divisible by the "
-            f"number of processes ({world_size}); use a multiple of {world_size}"
-        )
+        raise ConfigError(
+            f"is the global batch and must be divisible by the number of processes ({world_size})",
+            location=("data", field), value=global_batch, allowed=f"a multiple of {world_size}",
+        )  # fmt: skip
     return global_batch // world_size
 
 
@@ -353,7 +354,7 @@ def build_imagenet(
     train_batch = _local_batch(cfg.batch_size, world_size, "batch_size")
     eval_batch = _local_batch(cfg.global_eval_batch_size, world_size, "eval_batch_size")
     if len(train_files) < cfg.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"data.batch_size = {cfg.batch_size} needs at least that many training images, "
             f"but {root / 'train'} gives {len(train_files)} (train_limit = {cfg.train_limit}); "
             "lower data.batch_size or use more images"

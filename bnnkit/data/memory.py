@@ -30,6 +30,7 @@ from torch import Tensor
 
 from bnnkit.data.augment import CropFlip, ImageTransform
 from bnnkit.data.config import DataConfig
+from bnnkit.errors import ConfigError
 
 
 def stream_seed(seed: int, epoch: int, stream: str) -> int:
@@ -39,14 +40,15 @@ def stream_seed(seed: int, epoch: int, stream: str) -> int:
 
 
 def per_process_batch(batch_size: int, world_size: int, what: str = "data.batch_size") -> int:
-    """``batch_size // world_size``; ``ValueError`` unless it divides evenly."""
+    """``batch_size // world_size``; a :class:`ConfigError` unless it divides evenly."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if batch_size < world_size or batch_size % world_size:
-        raise ValueError(
-            f"{what} = {batch_size} is the global batch and must be a multiple of the number "
-            f"of processes ({world_size}); use e.g. {max(1, batch_size // world_size) * world_size}"
-        )
+        raise ConfigError(
+            f"is the global batch and must be a multiple of the number of processes ({world_size})",
+            location=what.split("."), value=batch_size,
+            allowed=f"e.g. {max(1, batch_size // world_size) * world_size}",
+        )  # fmt: skip
     return batch_size // world_size
 
 
@@ -112,7 +114,7 @@ class TensorLoader:
         if train:
             self._steps = n // batch_size
             if self._steps == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"the training split has {n} samples, fewer than one global batch "
                     f"({batch_size}); lower data.batch_size or raise data.train_limit"
                 )

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from bnnkit.data.augment import DATASET_STATS
+from bnnkit.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -38,12 +39,12 @@ def require_pil() -> Any:
     """Import and return ``PIL.Image``, or fail with the install command.
 
     Raises:
-        ImportError: Pillow is not installed.
+        MissingDependencyError: Pillow is not installed.
     """
     try:
         from PIL import Image as pil_image
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             "the ImageNet folder pipeline decodes images with Pillow, which is not installed; "
             'install it with: pip install "bnnkit[imagenet]"  (or: pip install pillow)'
         ) from exc

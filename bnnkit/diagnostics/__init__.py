@@ -1,13 +1,15 @@
-"""Diagnostics: model summary (parameters, memory, MACs/BOPs/OPs) and training dynamics
-(flip, oscillation, back-and-forth, silent and dead weights; reports and comparisons)."""
+"""Diagnostics: model summary (parameters, memory, MACs/BOPs/OPs), the training-dynamics
+trackers (flip, oscillation, back-and-forth, silent and dead weights), the metric names, and
+the report and figures of a parsed run."""
 
 from bnnkit.diagnostics.dynamics import (
     Dynamics,
     FlipRatio,
     laplace_entropy,
     quantization_error,
-    sign_input,
+    signed_tensor,
 )
+from bnnkit.diagnostics.rundata import ReportError, RunData
 from bnnkit.diagnostics.summary import LayerSummary, ModelSummary, summary
 
 __all__ = [
@@ -15,8 +17,10 @@ __all__ = [
     "FlipRatio",
     "LayerSummary",
     "ModelSummary",
+    "ReportError",
+    "RunData",
     "laplace_entropy",
     "quantization_error",
-    "sign_input",
+    "signed_tensor",
     "summary",
 ]

@@ -19,8 +19,9 @@ The pathologies the mission's papers name, measured for any method on the traini
 - **quantization error** :math:`\|\tilde w - \alpha \odot \mathrm{sign}(\tilde w)\|^2 / n` with
   the L2-optimal per-output-channel :math:`\alpha_c = \mathrm{mean}|\tilde w_c|`, and the
   **Laplace entropy** :math:`1 + \ln(2\,\mathrm{mean}|\tilde w|)` (ReCU §2.5), where
-  :math:`\tilde w` is the weight as the sign sees it (:func:`sign_input`: ReCU's standardised,
-  clamped weight; the latent weight for every other binarizer).
+  :math:`\tilde w` is the weight as the sign sees it (the layer's
+  :meth:`~bnnkit.nn.BinaryLayer.sign_input`: ReCU's standardised, clamped weight, IR-Net's
+  standardised weight, the latent weight for every element-wise binarizer).
 
 Per-weight state (4 bytes per tracked weight, two ``int16`` buffers per layer):
 
@@ -31,8 +32,11 @@ Per-weight state (4 bytes per tracked weight, two ``int16`` buffers per layer):
   when ``max_steps`` is None, and then steps beyond 32767 saturate), stored as ``t`` or, when
   the weight flipped at the previous update, ``~t`` (that bit drives back-and-forth).
 
-Signs are those of the tensor the binarizer takes the sign of (:func:`sign_input`): the
-latent weight, except for ReCU, whose sign is that of the channel-centred weight.
+Signs are read from each layer's shared :class:`~bnnkit.nn.SignHistory` (the sign of
+:meth:`~bnnkit.nn.BinaryLayer.sign_input`: the latent weight, except for ReCU and IR-Net, whose
+sign is that of the channel-centred weight), which the engine updates once per step. In a loop
+of your own that does not update it (``bnnkit.nn.update_sign_history``), :meth:`Dynamics.update`
+updates it itself; a module tracked by name that is not a binary layer gets a private one.
 
 Everything is updated with device tensor ops; nothing reads a value back to the host except
 :meth:`Dynamics.result`, the dumps and the histograms (called at log intervals / epoch ends).
@@ -42,7 +46,6 @@ seen; with ``every = 1`` every optimizer step is an update.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -50,7 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnnkit.nn import BinaryLayer
+from bnnkit.errors import ConfigError
+from bnnkit.nn import BinaryLayer, SignHistory
 
 INT16_MAX = 32767
 
@@ -78,15 +82,13 @@ def laplace_entropy(w: Tensor) -> Tensor:
     return 1.0 + torch.log(2.0 * w.detach().float().abs().mean())
 
 
-@functools.singledispatch
-def sign_input(binarizer: Any, weight: Tensor) -> Tensor:
-    """The tensor a weight binarizer takes the sign of (for the statistics above).
-
-    The latent weight itself for every element-wise binarizer. Binarizers that transform the
-    weight first register an implementation (``@sign_input.register(MyBinarizer)``); ReCU's
-    registers its standardise-and-clamp.
-    """
-    return weight
+def signed_tensor(module: nn.Module) -> Tensor:
+    """What a tracked module's weight sign is taken of: a binary layer's
+    :meth:`~bnnkit.nn.BinaryLayer.sign_input`, else the module's ``.weight`` (detached)."""
+    with torch.no_grad():
+        if isinstance(module, BinaryLayer) and module.weight_binarizer is not None:
+            return module.sign_input().detach()
+        return module.weight.detach()
 
 
 def _decode(v: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,25 +144,33 @@ class Dynamics(nn.Module):
                 if isinstance(m, BinaryLayer) and m.weight_binarizer is not None
             ]
         else:
+            weighted = [n for n, m in modules.items() if isinstance(getattr(m, "weight", None), Tensor)]
             unknown = [n for n in layers if n not in modules]
             if unknown:
-                raise ValueError(
-                    f"layers {unknown} are not submodules of the model; valid names include "
-                    f"{[n for n, m in modules.items() if isinstance(getattr(m, 'weight', None), nn.Parameter)][:12]}"
-                )
-            no_weight = [
-                n for n in layers if not isinstance(getattr(modules[n], "weight", None), Tensor)
-            ]
+                raise ConfigError(
+                    "are not submodules of the model", location=("layers",), value=unknown,
+                    allowed=", ".join(weighted[:12]) + (" ..." if len(weighted) > 12 else ""),
+                )  # fmt: skip
+            no_weight = [n for n in layers if n not in weighted]
             if no_weight:
-                raise ValueError(f"layers {no_weight} have no .weight tensor to track")
+                raise ConfigError("have no .weight tensor to track", location=("layers",), value=no_weight)
             chosen = [(n, modules[n]) for n in layers]
         if not chosen:
-            raise ValueError(
+            raise ConfigError(
                 "the model has no binary-weight layers to track; pass layers=[...] with the "
                 "names of the modules whose .weight to track"
             )
         self.layer_names = [n for n, _ in chosen]
         self._modules_tracked = [m for _, m in chosen]  # plain list: not registered as children
+        # each layer's shared sign history, or a private one (modules that are not binary layers)
+        self._shared = [
+            isinstance(m, BinaryLayer) and m.sign_history is not None for m in self._modules_tracked
+        ]
+        self._histories = [
+            m.sign_history if shared else SignHistory(signed_tensor(m))
+            for m, shared in zip(self._modules_tracked, self._shared, strict=True)
+        ]
+        self._seen = [h.updates for h in self._histories]
         self.shift = 0
         if max_steps is not None and max_steps > INT16_MAX:
             self.shift = math.ceil(math.log2((max_steps + 1) / (INT16_MAX + 1)))
@@ -194,12 +204,24 @@ class Dynamics(nn.Module):
     def _weights(self) -> list[Tensor]:
         return [m.weight.detach() for m in self._modules_tracked]
 
+    def weights(self) -> dict[str, Tensor]:
+        """The tracked layers' latent weights now (detached), by layer name."""
+        return dict(zip(self.layer_names, self._weights(), strict=True))
+
     def _signed(self) -> list[Tensor]:
-        """What each layer takes the sign of (:func:`sign_input`; the weight for most)."""
-        return [
-            sign_input(getattr(m, "weight_binarizer", None), m.weight.detach())
-            for m in self._modules_tracked
-        ]
+        """What each layer takes the sign of (:func:`signed_tensor`; the weight for most)."""
+        return [signed_tensor(m) for m in self._modules_tracked]
+
+    def _negatives(self) -> list[Tensor]:
+        """Each layer's sign now (``True`` = negative), from its sign history: a shared history
+        the loop did not update since the last read, and a private one, are updated here."""
+        out = []
+        for i, (module, history) in enumerate(zip(self._modules_tracked, self._histories, strict=True)):
+            if not self._shared[i] or history.updates == self._seen[i]:
+                history.update(signed_tensor(module))
+            self._seen[i] = history.updates
+            out.append(history.negative)
+        return out
 
     @torch.no_grad()
     def reset(self, step: int = 0) -> None:
@@ -223,11 +245,10 @@ class Dynamics(nn.Module):
         """Record the sign changes since the previous update (call after ``optimizer.step``)."""
         rel = self._relative(step)
         flips, backs = [], []
-        for i, w in enumerate(self._signed()):
+        for i, neg in enumerate(self._negatives()):
             state, last = self._state(i), self._last(i)
             count, was_neg = _decode(state)
             t, flipped_before = _decode(last)
-            neg = w < 0
             flip = neg != was_neg
             backs.append((flip & flipped_before).sum())
             flips.append(flip.sum())

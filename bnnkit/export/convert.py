@@ -4,77 +4,58 @@ Every binary layer (``BinaryConv2d`` / ``BinaryLinear`` with binarized weights *
 inputs) becomes a :class:`~bnnkit.export.layers.PackedConv2d` / ``PackedLinear`` holding the
 weight sign bits and the folded per-output-channel scale; a batch norm that directly and
 only follows a binary layer is folded into it (``fold_bn``); everything else stays as it is
-(float). The method's inference-time input transform is kept: its per-channel shift
-(:func:`input_shift`). Zero padding of the binarized input is reproduced exactly.
+(float). The method's inference-time input transform is kept: its per-channel shift, which
+the input binarizer states itself (:meth:`bnnkit.binarize.Binarizer.inference_shift`). Zero
+padding of the binarized input is reproduced exactly.
 
 A layer the packed path cannot reproduce exactly is refused with :class:`ExportError`
 naming it: float inputs or weights (W1A32 / W32A1), groups or dilation other than 1,
 non-zero padding modes, weights that are not ``±alpha_c`` per output channel, input binarizers
-with no registered shift rule. ``check=True`` (default) also runs every packed layer against
+that do not state their inference function as ``sign(x + b)``. ``check=True`` (default) also runs every packed layer against
 the original one on a random input and refuses on any difference beyond float rounding.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import logging
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from bnnkit.binarize.binarizers import (
-    ApproxSign,
-    ClippedSTESign,
-    EDESign,
-    IdentitySTESign,
-    StdNormApproxSign,
-    SwishSign,
-)
+from bnnkit.binarize import Binarizer
+from bnnkit.errors import BnnkitError
 from bnnkit.export.layers import PackedConv2d, PackedLinear
 from bnnkit.export.pack import pack_conv_weight, pack_signs
-from bnnkit.nn import BinaryConv2d, BinaryLayer, BinaryLinear, RSign
+from bnnkit.nn import BinaryConv2d, BinaryLayer, BinaryLinear, binary_layers
 
 log = logging.getLogger("bnnkit")
 
 
-class ExportError(ValueError):
+class ExportError(BnnkitError, ValueError):
     """A model or layer that the packed path cannot reproduce exactly."""
 
 
-@functools.singledispatch
-def input_shift(binarizer: Any) -> Tensor | None:
+def input_shift(binarizer: nn.Module) -> Tensor | None:
     """The per-channel shift ``b`` an input binarizer adds before ``sign`` at inference
-    (``sign(x + b)``), or ``None`` for a plain ``sign(x)``.
+    (``sign(x + b)``), or ``None`` for a plain ``sign(x)``, as the binarizer states it
+    (:meth:`~bnnkit.binarize.Binarizer.inference_shift`).
 
-    Register a rule for your own binarizer with ``@input_shift.register(MyBinarizer)``; an
-    input binarizer without one is refused (its inference function is unknown).
+    Raises:
+        ExportError: ``binarizer`` is not a :class:`~bnnkit.binarize.Binarizer`, or it does
+            not state its inference function as ``sign(x + b)``. To export your own binarizer,
+            derive it from ``Binarizer`` and override ``inference_shift``.
     """
-    raise ExportError(
-        f"no packed rule for input binarizer {type(binarizer).__name__}: its inference output "
-        "must be sign(x + b); register one with @bnnkit.export.input_shift.register"
-    )
-
-
-@input_shift.register(IdentitySTESign)
-@input_shift.register(ClippedSTESign)
-@input_shift.register(ApproxSign)
-@input_shift.register(EDESign)
-@input_shift.register(SwishSign)
-def _plain_sign(binarizer: nn.Module) -> None:
-    return None
-
-
-@input_shift.register(RSign)
-def _rsign(binarizer: RSign) -> Tensor:
-    return binarizer.bias.detach().float().clone()
-
-
-@input_shift.register(StdNormApproxSign)
-def _std_norm(binarizer: StdNormApproxSign) -> Tensor | None:
-    # the per-sample std divides a positive number in: it never changes the sign
-    return None if binarizer.bias is None else binarizer.bias.detach().float().clone()
+    if not isinstance(binarizer, Binarizer):
+        raise ExportError(
+            f"input binarizer {type(binarizer).__name__} is not a bnnkit.binarize.Binarizer, so "
+            "its inference function is unknown; derive it from Binarizer and override "
+            "inference_shift() (its output must be sign(x + b))"
+        )
+    try:
+        return binarizer.inference_shift()
+    except NotImplementedError as err:
+        raise ExportError(f"input binarizer {type(binarizer).__name__}: {err}") from None
 
 
 def _refuse(name: str, why: str) -> ExportError:
@@ -108,7 +89,10 @@ def pack_layer(name: str, layer: BinaryLayer, kernel: str = "auto") -> PackedCon
     if layer.weight_binarizer is None or layer.input_binarizer is None:
         raise _refuse(name, f"it is W{layer.weight_bits}A{layer.input_bits}; only W1A1 layers "
                       "run on XNOR-popcount (keep it float or train it binary)")  # fmt: skip
-    shift = input_shift(layer.input_binarizer)
+    try:
+        shift = input_shift(layer.input_binarizer)
+    except ExportError as err:
+        raise _refuse(name, str(err)) from None
     bits, alpha = _weight_bits_and_scale(name, layer)
     if isinstance(layer, BinaryConv2d):
         if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
@@ -208,8 +192,6 @@ def convert(model: nn.Module, *, fold_bn: bool = True, kernel: str = "auto",
         ExportError: a layer that cannot be packed exactly (named), or no binary layer at all.
     """
     src = copy.deepcopy(model).cpu().float().eval()
-    from bnnkit.methods import binary_layers
-
     layers = binary_layers(src)
     if not any(m.weight_binarizer is not None or m.input_binarizer is not None for _, m in layers):
         raise ExportError("the model has no binarized layer to pack (a float model, or the "

@@ -33,6 +33,7 @@ from bnnkit._version import __version__
 from bnnkit.export.convert import ExportError, _set_module, convert, packed_layers
 from bnnkit.export.layers import PackedConv2d, PackedLinear
 from bnnkit.models import create_model
+from bnnkit.nn import binary_layers
 
 FORMAT = "bnnkit-packed"
 FORMAT_VERSION = "1"
@@ -51,8 +52,6 @@ def _layer_entry(name: str, m: PackedConv2d | PackedLinear) -> dict[str, Any]:
 
 
 def _method_name(model: nn.Module) -> str | None:
-    from bnnkit.methods import binary_layers
-
     names = {m.method_name for _, m in binary_layers(model) if m.method_name}
     return names.pop() if len(names) == 1 else None
 

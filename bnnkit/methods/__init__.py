@@ -1,7 +1,5 @@
-"""Binarization methods: the ``Method`` base, its registry, ``binarize_`` and the methods.
-
-Importing this package registers every built-in method (one module each).
-"""
+"""Binarization methods: the ``Method`` base, its registry, composition, ``binarize_`` and the
+methods (one module each; importing this package registers them)."""
 
 from bnnkit.methods import (  # noqa: F401
     bireal,
@@ -14,32 +12,39 @@ from bnnkit.methods import (  # noqa: F401
     ste,
     xnor,
 )
-from bnnkit.methods.attach import BinarizeReport, binarize_, binary_layers
+from bnnkit.methods.attach import BinarizeReport, binarize_
 from bnnkit.methods.base import (
-    LayerList,
     Method,
     TrainState,
     check_choice,
+    check_fields,
     check_ordered,
     check_range,
     get_method,
     list_methods,
+    method_class,
     register_method,
-    resolve_base,
+    rule_methods,
 )
+from bnnkit.methods.compose import Composed, compose
+from bnnkit.nn import LayerList, binary_layers
 
 __all__ = [
     "BinarizeReport",
+    "Composed",
     "LayerList",
     "Method",
     "TrainState",
     "binarize_",
     "binary_layers",
     "check_choice",
+    "check_fields",
     "check_ordered",
     "check_range",
+    "compose",
     "get_method",
     "list_methods",
+    "method_class",
     "register_method",
-    "resolve_base",
+    "rule_methods",
 ]

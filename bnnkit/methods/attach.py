@@ -15,21 +15,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from bnnkit.errors import ConfigError
 from bnnkit.methods.base import Method, get_method
-from bnnkit.nn import BinaryConv2d, BinaryLayer, BinaryLinear
+from bnnkit.nn import BinaryConv2d, BinaryLayer, BinaryLinear, SignHistory, binary_layers
 
 logger = logging.getLogger("bnnkit")
 
 FilterFn = Callable[[nn.Module, str], bool]
-
-
-def binary_layers(model: nn.Module) -> list[tuple[str, BinaryLayer]]:
-    """The model's ``BinaryConv2d`` / ``BinaryLinear`` layers as ``(qualified_name, layer)``.
-
-    Order is module registration order, which is the forward order for every bnnkit model
-    (and for any model that defines its layers in the order it uses them).
-    """
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryLayer)]
 
 
 @dataclass
@@ -129,8 +121,12 @@ def binarize_(
             "*.downsample.*"]``). Given, it replaces the default rule too.
         verbose: print the report (it is always logged at INFO on the ``bnnkit`` logger).
 
+    Each attached layer gets the method's per-layer state (``layer.method_state``, one
+    entry per part of a composed method) and, when its weight is binarized, a
+    :class:`~bnnkit.nn.SignHistory` of that weight's sign.
+
     Raises:
-        ValueError: no layer is left to binarize.
+        ConfigError: no layer is left to binarize.
     """
     method = get_method(method)
     report = BinarizeReport(method=method.name)
@@ -151,7 +147,7 @@ def binarize_(
         _replace_modules(model, swaps)
         chosen = [(n, swaps[id(m)]) for n, m in chosen]
     if not chosen:
-        raise ValueError(
+        raise ConfigError(
             "binarize_: no layer to binarize (the model has no nn.Conv2d/nn.Linear left after "
             f"the filter; kept float: {report.kept_float}). Pass filter_fn or keep_float to choose."
         )
@@ -164,18 +160,21 @@ def binarize_(
     return model
 
 
+def _placed(module: nn.Module | None, ref: nn.Parameter) -> nn.Module | None:
+    return None if module is None else module.to(device=ref.device, dtype=ref.dtype)
+
+
 def _attach(layer: BinaryLayer, method: Method) -> None:
     ref = layer.weight
-    # The state is built (and attached) first, so the other builders may refer to it.
-    builders = {
-        "method_state": method.build_layer_state,
-        "weight_binarizer": method.build_weight_binarizer,
-        "input_binarizer": method.build_input_binarizer,
-        "scale": method.build_scale,
-    }
-    for attr, build in builders.items():
-        module = build(layer)
-        if module is not None:
-            module = module.to(device=ref.device, dtype=ref.dtype)
-        setattr(layer, attr, module)
+    # The states are built (and attached) first, so the other builders may refer to them.
+    layer.method_state = nn.ModuleDict()
+    for part in method.parts():
+        state = _placed(part.build_layer_state(layer), ref)
+        if state is not None:
+            layer.method_state[part.name] = state
+    layer.weight_binarizer = _placed(method.build_weight_binarizer(layer), ref)
+    layer.input_binarizer = _placed(method.build_input_binarizer(layer), ref)
+    layer.scale = _placed(method.build_scale(layer), ref)
+    has_sign = layer.weight_binarizer is not None
+    layer.sign_history = SignHistory(layer.sign_input()).to(ref.device) if has_sign else None
     layer.method_name = method.name

@@ -3,13 +3,17 @@ hooks), ``TrainState`` and the method registry.
 
 A method says *how* binary layers binarize and which gradient rules apply; models say
 *where* layers are binary. A method holds no runtime state: per-layer state lives in buffers
-of the modules it builds (``build_layer_state``), so it moves with ``.to()``, is saved by
-``state_dict()`` and is identical on every DDP rank.
+of the modules it builds (``build_layer_state``, kept in ``layer.method_state[<name>]``), so it
+moves with ``.to()``, is saved by ``state_dict()`` and is identical on every DDP rank.
 
-Hook order inside one training step (see ``bnnkit/train/engine.py``)::
+Hook order inside one training step (see :mod:`bnnkit.training.engine`)::
 
     on_step_start -> forward -> loss + extra_losses -> backward -> (AMP unscale)
-    -> before_optimizer_step -> clip -> optimizer.step -> after_optimizer_step
+    -> before_optimizer_step -> clip -> optimizer.step -> update_sign_history
+    -> after_optimizer_step
+
+Methods compose: ``{name: ovsw, base: recu}`` is OvSW's training rules on ReCU's binarizers
+(:mod:`bnnkit.methods.compose` says what runs in which order, and which pairs are refused).
 
 Writing a method: one file under ``bnnkit/methods/``::
 
@@ -29,7 +33,7 @@ Writing a method: one file under ``bnnkit/methods/``::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -37,10 +41,8 @@ from torch import Tensor, nn
 
 from bnnkit._registry import Registry
 from bnnkit.binarize import Scale
-from bnnkit.nn import BinaryLayer
-
-LayerList = Sequence[tuple[str, BinaryLayer]]
-"""What every hook receives as ``layers``: ``binary_layers(model)``, (name, layer) pairs."""
+from bnnkit.errors import ConfigError
+from bnnkit.nn import BinaryLayer, LayerList
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,15 @@ class Method:
     Subclasses are frozen dataclasses whose fields are the hyperparameters, validated in
     ``__post_init__`` (use :func:`check_range` / :func:`check_choice`), and set a class
     variable ``name``. Register them with :func:`register_method`.
+
+    Composition (:mod:`bnnkit.methods.compose`): a method whose contribution on top of another
+    method's binarizers is its own training rules (state, gradient rules, metrics) sets
+    ``adds_rules = True``; only such a method can sit on a ``base``. Its per-layer state lives
+    in ``layer.method_state[<name>]``, read with :meth:`state_of`, so parts never collide.
     """
 
     name: ClassVar[str] = "base"
+    adds_rules: ClassVar[bool] = False
 
     # -- built once per binary layer by binarize_ ------------------------------------------------
     def build_weight_binarizer(self, layer: BinaryLayer) -> nn.Module | None:
@@ -86,10 +94,15 @@ class Method:
         """Weight-side per-channel scale, or ``None``."""
         return None
 
-    def build_layer_state(self, layer: BinaryLayer) -> nn.Module | None:
-        """A module of per-layer buffers (trackers, previous signs), or ``None``.
+    def wrap_scale(self, layer: BinaryLayer, scale: Scale | None) -> Scale | None:
+        """In a composition, every part above the base may wrap the scale the base built
+        (ReBNN records the gradient of the binarized weight this way). Default: unchanged."""
+        return scale
 
-        Built first: it is already ``layer.method_state`` when the other builders run.
+    def build_layer_state(self, layer: BinaryLayer) -> nn.Module | None:
+        """A module of per-layer buffers, or ``None``; kept as ``layer.method_state[name]``.
+
+        Built first: it is already in ``layer.method_state`` when the other builders run.
         """
         return None
 
@@ -118,21 +131,46 @@ class Method:
         """After backward and AMP unscale, before clipping and ``optimizer.step``: edit grads."""
 
     def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
-        """After ``optimizer.step``: trackers, clamps. Returns metrics as 0-d tensors (no sync)."""
+        """After ``optimizer.step`` and the sign-history update: trackers, clamps (that keep
+        signs). Returns metrics as 0-d tensors named ``<method>/<metric>`` (no host sync)."""
         return {}
 
+    # -- composition -----------------------------------------------------------------------------
+    def refuses_base(self, base: Method) -> str | None:
+        """Why this method cannot sit on ``base`` (see :mod:`bnnkit.methods.compose`), or
+        ``None`` when it can. Override to add a method's own refusals (call ``super()``)."""
+        if not self.adds_rules:
+            return (
+                f"{self.name} says how layers binarize (its binarizers, scale and the hooks "
+                "that drive them), and a composed method takes those from its base; only "
+                f"methods that add training rules can sit on a base: {', '.join(rule_methods())}"
+            )
+        if not base.binarizes_weights:
+            return f"{self.name}'s rules act on binary weights, and {base.name} keeps them float"
+        return None
+
     # -- helpers ---------------------------------------------------------------------------------
+    def parts(self) -> tuple[Method, ...]:
+        """The methods this one is made of, base first (a plain method: itself)."""
+        return (self,)
+
+    def state_of(self, layer: BinaryLayer) -> nn.Module | None:
+        """This method's per-layer state on ``layer`` (``layer.method_state[self.name]``)."""
+        states = layer.method_state
+        return states[self.name] if states is not None and self.name in states else None
+
     def fields(self) -> dict[str, Any]:
-        """The hyperparameters as a dict (``name`` excluded); a composed method (a field
-        holding another ``Method``, such as ``base``) appears as its own config dict."""
-        return {
-            f.name: v.to_config() if isinstance(v := getattr(self, f.name), Method) else v
-            for f in dataclasses.fields(self)
-        }
+        """The hyperparameters as a dict (``name`` excluded)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_config(self) -> dict[str, Any]:
         """``{"name": ..., **fields}``, the form recipes use."""
         return {"name": self.name, **self.fields()}
+
+    def with_fields(self, **fields: Any) -> Method:
+        """A copy with some hyperparameters replaced (validated again)."""
+        check_fields(type(self), fields)
+        return dataclasses.replace(self, **fields)
 
     @property
     def binarizes_weights(self) -> bool:
@@ -159,34 +197,61 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
+def rule_methods() -> list[str]:
+    """Registered methods that can sit on a base (``adds_rules``), sorted."""
+    return [n for n in list_methods() if METHODS.get(n).adds_rules]
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class of ``name`` (a :class:`ConfigError` listing the names if unknown)."""
+    return METHODS.get(name)
+
+
+def check_fields(cls: type[Method], fields: Iterable[str]) -> None:
+    """Raise a :class:`ConfigError` naming the first field ``cls`` does not have."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in fields:
+        if key not in valid:
+            raise ConfigError(
+                f"is not a hyperparameter of {cls.name}",
+                location=(key,),
+                allowed=", ".join(valid) if valid else "none (it takes no hyperparameters)",
+            )
+
+
 def get_method(spec: str | Method | dict[str, Any], **fields: Any) -> Method:
     """Build a method from its name and hyperparameters.
 
     Args:
         spec: a registered name, a ``Method`` (returned, with ``fields`` replaced if given),
-            or a dict ``{"name": ..., **fields}`` as in recipes.
-        **fields: hyperparameters; unknown ones raise a ``ValueError`` listing the valid ones.
+            or a dict ``{"name": ..., **fields}`` as in recipes. A ``base`` (in the dict or
+            in ``fields``: a name, dict or Method) composes the method on that base
+            (:func:`bnnkit.methods.compose.compose`).
+        **fields: hyperparameters; an unknown one raises a :class:`ConfigError` listing the
+            valid ones.
 
     Example:
         >>> get_method("irnet", t_min=1e-3)
+        >>> get_method({"name": "ovsw", "base": "recu", "delta": 0.04})
     """
-    if isinstance(spec, Method):
-        return dataclasses.replace(spec, **fields) if fields else spec
+    from bnnkit.methods.compose import compose  # compose builds on this module
+
     if isinstance(spec, dict):
         spec = dict(spec)
         if "name" not in spec:
-            raise ValueError(f"a method dict needs a 'name' key; valid names: {list_methods()}")
+            raise ConfigError(
+                "needs a 'name' key", value=spec, allowed=", ".join(list_methods())
+            )
         name = spec.pop("name")
         return get_method(name, **{**spec, **fields})
-    cls = METHODS.get(spec)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(fields) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"method {cls.name!r} has no field(s) {unknown}; "
-            f"valid fields: {valid if valid else 'none (it takes no hyperparameters)'}"
-        )
-    return cls(**fields)
+    base = fields.pop("base", None)
+    if isinstance(spec, Method):
+        method = spec.with_fields(**fields) if fields else spec
+    else:
+        cls = method_class(spec)
+        check_fields(cls, fields)
+        method = cls(**fields)
+    return compose(method, get_method(base)) if base is not None else method
 
 
 # -- validation helpers for __post_init__ -----------------------------------------------------------
@@ -201,47 +266,44 @@ def check_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Raise ``ValueError`` naming ``field`` and its allowed range if the value is outside it."""
+    """Raise a :class:`ConfigError` naming ``field`` and its allowed range if the value is
+    outside it (or not a number)."""
     value = getattr(method, field)
+    lo = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
+    hi = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{method.name}.{field} must be a number, got {value!r}")
+        raise ConfigError(
+            f"must be a number for {method.name}", location=(field,), value=value,
+            allowed=f"a number in {lo}, {hi}",
+        )  # fmt: skip
     ok = True
     if low is not None:
         ok &= value >= low if low_inclusive else value > low
     if high is not None:
         ok &= value <= high if high_inclusive else value < high
     if not ok:
-        lo = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
-        hi = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
-        raise ValueError(f"{method.name}.{field} = {value!r} is out of range; allowed: {lo}, {hi}")
+        raise ConfigError(
+            f"is out of range for {method.name}", location=(field,), value=value,
+            allowed=f"{lo}, {hi}",
+        )  # fmt: skip
 
 
 def check_choice(method: Method, field: str, choices: Iterable[Any]) -> None:
-    """Raise ``ValueError`` naming ``field`` and the valid choices if the value is not one."""
+    """Raise a :class:`ConfigError` naming ``field`` and the valid choices if the value is not one."""
     choices = tuple(choices)
     value = getattr(method, field)
     if value not in choices:
-        raise ValueError(f"{method.name}.{field} = {value!r} is not valid; choose one of {choices}")
-
-
-def resolve_base(method: Method, field: str = "base") -> None:
-    """In ``__post_init__``: turn ``method.<field>`` (a name, dict or Method) into a Method.
-
-    Raises ``ValueError`` for an unknown method or a method composed with itself.
-    """
-    value = getattr(method, field)
-    if value is None:
-        return
-    base = get_method(value)
-    if base.name == method.name:
-        raise ValueError(f"{method.name}.{field} cannot be {method.name} itself")
-    object.__setattr__(method, field, base)
+        raise ConfigError(
+            f"is not valid for {method.name}", location=(field,), value=value,
+            allowed=", ".join(map(repr, choices)),
+        )  # fmt: skip
 
 
 def check_ordered(method: Method, low_field: str, high_field: str) -> None:
-    """Raise ``ValueError`` unless ``low_field <= high_field``."""
+    """Raise a :class:`ConfigError` unless ``low_field <= high_field``."""
     lo, hi = getattr(method, low_field), getattr(method, high_field)
     if lo > hi:
-        raise ValueError(
-            f"{method.name}: {low_field} ({lo!r}) must not exceed {high_field} ({hi!r})"
-        )
+        raise ConfigError(
+            f"must not exceed {high_field} ({hi!r}) for {method.name}",
+            location=(low_field,), value=lo, allowed=f"a value <= {high_field}",
+        )  # fmt: skip

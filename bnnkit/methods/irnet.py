@@ -47,6 +47,16 @@ class LibraPBSign(EDESign):
             standardize(x, eps=0.0, unbiased=True), self.t.to(x.dtype), self.k.to(x.dtype)
         )
 
+    @torch.no_grad()
+    def sign_input(self, x: Tensor) -> Tensor:
+        """The standardised weight: its sign is that of the channel-centred weight."""
+        return standardize(x, eps=0.0, unbiased=True)
+
+    def inference_shift(self) -> Tensor | None:
+        raise NotImplementedError(
+            "LibraPBSign standardises its input per output channel: a weight binarizer only"
+        )
+
 
 class PowerOfTwoScale(Scale):
     r"""IR-Net's shift scale :math:`s_c = 2^{\mathrm{round}(\log_2 \mathrm{mean}|\hat w_c|)}`, detached.

@@ -4,13 +4,15 @@ ECCV 2024).
 From the official code (methods.md §4): sign of the raw weight with the identity STE, a
 no-grad scale mean|standardised W|, inputs divided by their (detached) per-sample std, and
 two gradient rules applied after AMP unscale and before the optimizer step: Adaptive Gradient
-Scaling (AGS) and Silence Awareness Decaying (SAD).
+Scaling (AGS) and Silence Awareness Decaying (SAD). SAD's sign changes are read from the
+layer's shared :class:`~bnnkit.nn.SignHistory` (the official code keeps a float copy of W for
+them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -21,18 +23,13 @@ from bnnkit.binarize import (
     Scale,
     StdNormApproxSign,
     channel_mean_abs,
-    sign,
     standardize,
 )
-from bnnkit.methods.base import (
-    LayerList,
-    Method,
-    TrainState,
-    check_range,
-    register_method,
-    resolve_base,
-)
-from bnnkit.nn import BinaryLayer
+from bnnkit.methods.base import Method, TrainState, check_range, register_method
+from bnnkit.nn import BinaryLayer, LayerList, SignHistory
+
+METRIC_SILENT = "ovsw/silent"
+METRIC_AGS_RATIO = "ovsw/ags_ratio"
 
 
 class StandardizedMeanAbsScale(Scale):
@@ -45,20 +42,17 @@ class StandardizedMeanAbsScale(Scale):
 
 
 class SADState(nn.Module):
-    """Per-layer OvSW buffers: ``weight_prev`` (W at the previous step, init W0) and
-    ``tracker`` (EMA of sign changes, init 0, or 1 with ``track_ones``), plus the last step's
-    ``silent`` fraction and mean AGS ratio (0-d, for metrics)."""
+    """Per-layer OvSW buffers: ``tracker`` (EMA of sign changes, init 0, or 1 with
+    ``track_ones``), plus the last step's ``silent`` fraction and mean AGS ratio (0-d, for
+    metrics). The previous signs are the layer's :class:`~bnnkit.nn.SignHistory`."""
 
     def __init__(self, weight: Tensor, track_ones: bool = False) -> None:
         super().__init__()
         w = weight.detach()
-        self.register_buffer("weight_prev", w.clone())
         self.register_buffer("tracker", torch.ones_like(w) if track_ones else torch.zeros_like(w))
-        # False after a build or a stage-init load: the first step takes W_prev from the live
-        # weights (same as W0 from scratch; the loaded weights in a two-step stage 2).
-        self.register_buffer("primed", torch.zeros((), dtype=torch.bool, device=w.device))
         self.register_buffer("silent_fraction", torch.ones((), dtype=w.dtype), persistent=False)
         self.register_buffer("ags_ratio", torch.zeros((), dtype=w.dtype), persistent=False)
+        self.history_seen: int | None = None  # the sign-history update count read last
 
 
 def ags_(grad: Tensor, weight: Tensor, delta: float) -> Tensor:
@@ -79,22 +73,19 @@ def ags_(grad: Tensor, weight: Tensor, delta: float) -> Tensor:
 
 
 def sad_(
-    grad: Tensor, weight: Tensor, state: SADState, lam: float, m: float, theta: float
+    grad: Tensor, weight: Tensor, tracker: Tensor, flipped: Tensor, lam: float, m: float, theta: float
 ) -> Tensor:
-    r"""Silence Awareness Decaying, in place on ``grad`` and the state; returns the silent mask.
+    r"""Silence Awareness Decaying, in place on ``grad`` and ``tracker``; returns the silent mask.
 
     :math:`T \leftarrow m T + (1 - m) 1[\mathrm{sign}(W) \ne \mathrm{sign}(W_{prev})]`,
-    silent :math:`= T < \theta`, :math:`g \leftarrow g + \lambda\,\mathrm{silent} \odot W`,
-    :math:`W_{prev} \leftarrow W` (the pre-step weights).
+    silent :math:`= T < \theta`, :math:`g \leftarrow g + \lambda\,\mathrm{silent} \odot W`.
+    ``flipped`` is :math:`1[\mathrm{sign}(W) \ne \mathrm{sign}(W_{prev})]` with :math:`W` the
+    pre-step weights and :math:`W_{prev}` those of the step before (the sign history's flips
+    of the last update; none at the first step).
     """
-    w = weight.detach()
-    state.weight_prev.copy_(torch.where(state.primed, state.weight_prev, w))
-    state.primed.fill_(True)
-    flipped = (sign(w) != sign(state.weight_prev)).to(state.tracker.dtype)
-    state.tracker.mul_(m).add_(flipped, alpha=1.0 - m)
-    silent = state.tracker < theta
-    grad.add_(silent.to(grad.dtype) * w, alpha=lam)
-    state.weight_prev.copy_(w)
+    tracker.mul_(m).add_(flipped.to(tracker.dtype), alpha=1.0 - m)
+    silent = tracker < theta
+    grad.add_(silent.to(grad.dtype) * weight.detach(), alpha=lam)
     return silent
 
 
@@ -109,6 +100,11 @@ class OvSW(Method):
     gradient (the engine calls it after AMP unscale, so the rules see true gradients; the SAD
     term then goes through momentum, on top of the optimizer's own weight decay).
 
+    Composed on a base (``{name: ovsw, base: recu}``), the base's binarizers, scale and
+    schedule are used with OvSW's rules on top; the sign SAD tracks is then the base's
+    (ReCU's: the channel-centred weight's). Meaningful with methods whose weight gradient is
+    dense: ``recu``, ``reactnet``, ``bireal``, ``ste``, ``xnor``.
+
     Args:
         delta: AGS lower bound δ on ‖g‖/‖w‖ (ImageNet 0.01; CIFAR sweep 0.04).
         lam: SAD extra decay λ on silent weights (ImageNet 2e-5; CIFAR sweep 9e-4).
@@ -118,12 +114,9 @@ class OvSW(Method):
             ``--scaling_factor True``) instead of the no-grad standardised mean.
         input_bias: learnable shift before the input normalisation (two-step variants).
         track_ones: start the tracker at 1 (nothing silent at first) instead of 0.
-        base: another method (name, dict or Method) whose binarizers, scale and schedule are
-            used, with OvSW's gradient rules on top (e.g. ``{name: ovsw, base: recu}``).
-            Meaningful with methods whose weight gradient is dense: ``recu``, ``reactnet``,
-            ``bireal``, ``ste``, ``xnor``.
 
-    Departure: sign(0) = +1 in the flip test (the code's torch.sign gives 0).
+    Departures: sign(0) = +1 in the flip test (the code's torch.sign gives 0); the previous
+    signs come from the shared sign history (1 byte per weight) instead of a float copy of W.
     """
 
     name: ClassVar[str] = "ovsw"
@@ -134,28 +127,23 @@ class OvSW(Method):
     learnable_scale: bool = False
     input_bias: bool = False
     track_ones: bool = False
-    base: Any = None
+    adds_rules: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_range(self, "delta", low=0.0)
         check_range(self, "lam", low=0.0)
         check_range(self, "m", low=0.0, high=1.0, high_inclusive=False)
         check_range(self, "theta", low=0.0)
-        resolve_base(self)
 
-    # -- binarizers: the base method's, or OvSW's own -------------------------------------------
+    # -- binarizers (used when OvSW is not on a base) ----------------------------------------------
     def build_weight_binarizer(self, layer: BinaryLayer) -> nn.Module | None:
-        return self.base.build_weight_binarizer(layer) if self.base else IdentitySTESign()
+        return IdentitySTESign()
 
     def build_input_binarizer(self, layer: BinaryLayer) -> nn.Module | None:
-        if self.base:
-            return self.base.build_input_binarizer(layer)
         channels = layer.num_input_channels if self.input_bias else None
         return StdNormApproxSign(detach_std=True, num_channels=channels)
 
     def build_scale(self, layer: BinaryLayer) -> Scale | None:
-        if self.base:
-            return self.base.build_scale(layer)
         if self.learnable_scale:
             return LearnableScale(layer.num_output_channels, init="mean_abs", weight=layer.weight)
         return StandardizedMeanAbsScale()
@@ -163,41 +151,36 @@ class OvSW(Method):
     def build_layer_state(self, layer: BinaryLayer) -> nn.Module:
         return SADState(layer.weight, self.track_ones)
 
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return self.base.param_groups(model) if self.base else super().param_groups(model)
-
     # -- hooks -----------------------------------------------------------------------------------
-    def on_step_start(self, layers: LayerList, state: TrainState) -> None:
-        if self.base:
-            self.base.on_step_start(layers, state)
-
-    def extra_losses(
-        self, layers: LayerList, outputs: Tensor, targets: Tensor
-    ) -> dict[str, Tensor]:
-        return self.base.extra_losses(layers, outputs, targets) if self.base else {}
+    def _layers(self, layers: LayerList) -> list[tuple[BinaryLayer, SADState, SignHistory]]:
+        out = []
+        for _, layer in layers:
+            st = self.state_of(layer)
+            if isinstance(st, SADState) and layer.sign_history is not None:
+                out.append((layer, st, layer.sign_history))
+        return out
 
     def before_optimizer_step(self, layers: LayerList, state: TrainState) -> None:
-        if self.base:
-            self.base.before_optimizer_step(layers, state)
-        for _, layer in layers:
-            grad, st = layer.weight.grad, layer.method_state
-            if grad is None or not isinstance(st, SADState):
+        for layer, st, history in self._layers(layers):
+            grad = layer.weight.grad
+            if grad is None:
                 continue
+            st.history_seen = history.checked(st.history_seen, "ovsw")
             r = ags_(grad, layer.weight, self.delta)
-            silent = sad_(grad, layer.weight, st, self.lam, self.m, self.theta)
+            silent = sad_(
+                grad, layer.weight, st.tracker, history.flipped, self.lam, self.m, self.theta
+            )
             st.ags_ratio.copy_(r.mean())
             st.silent_fraction.copy_(silent.to(st.silent_fraction.dtype).mean())
 
     def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
-        metrics = dict(self.base.after_optimizer_step(layers, state) or {}) if self.base else {}
-        states = [(layer.weight.numel(), layer.method_state) for _, layer in layers]
-        states = [(n, s) for n, s in states if isinstance(s, SADState)]
-        if states:
-            total = sum(n for n, _ in states)
-            metrics["ovsw/silent"] = sum(n * s.silent_fraction for n, s in states) / total
-            # mean r over the channels of all layers (each layer's mean weighted by its channels)
-            channels = [(st.weight_prev.shape[0], st) for _, st in states]
-            metrics["ovsw/ags_ratio"] = sum(c * st.ags_ratio for c, st in channels) / sum(
-                c for c, _ in channels
-            )
-        return metrics
+        found = self._layers(layers)
+        if not found:
+            return {}
+        total = sum(layer.weight.numel() for layer, _, _ in found)
+        # mean r over the channels of all layers (each layer's mean weighted by its channels)
+        channels = sum(layer.weight.shape[0] for layer, _, _ in found)
+        return {
+            METRIC_SILENT: sum(layer.weight.numel() * st.silent_fraction for layer, st, _ in found) / total,
+            METRIC_AGS_RATIO: sum(layer.weight.shape[0] * st.ags_ratio for layer, st, _ in found) / channels,
+        }

@@ -5,57 +5,50 @@ A learned per-channel scale α and a reconstruction term
 parameter γ computed from the sign-flip proportion and the largest gradient (Eq. 3.150).
 As in the paper and the released code, :math:`L_R` acts through the gradients of w and α
 (injected in ``before_optimizer_step``), never through the loss value; it is logged as
-``rebnn/recon_loss``. See methods.md §3 and traps 1-3.
+``rebnn/recon_loss``. See methods.md §3 and traps 1-3. The sign flips come from the layer's
+shared :class:`~bnnkit.nn.SignHistory`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.distributed as td
 from torch import Tensor, nn
 
-from bnnkit.binarize import ClippedSTESign, IdentitySTESign, LearnableScale, Scale, sign
-from bnnkit.methods.base import (
-    LayerList,
-    Method,
-    TrainState,
-    check_choice,
-    check_range,
-    register_method,
-    resolve_base,
-)
-from bnnkit.nn import BinaryLayer, RSign
+from bnnkit.binarize import ClippedSTESign, IdentitySTESign, LearnableScale, Scale
+from bnnkit.methods.base import Method, TrainState, check_choice, check_range, register_method
+from bnnkit.nn import BinaryLayer, LayerList, RSign, SignHistory
 
 GAMMA_MODES = ("paper", "max", "constant", "fixed")
 CODE_GAMMA = 2e-4  # what the released code's round_pass returns for every input
 CODE_BIN = 0.02  # the released code's constant "bin": effective alpha = 0.02 |alpha_raw|
+METRIC_RECON_LOSS = "rebnn/recon_loss"
+METRIC_GAMMA = "rebnn/gamma"
 
 
 class ReBNNState(nn.Module):
     """Per-layer ReBNN buffers.
 
-    ``prev_sign``: sign of W at the previous iteration (b^t), refreshed after every step;
     ``gamma``: γ per output channel; ``grad_max``: :math:`\\max_j |\\partial L/\\partial \\hat w_{ij}|`
     of the current step, recorded during backward (``grad_hat`` accumulates the step's
-    :math:`\\partial L/\\partial \\hat w` over its backward passes); ``primed``: whether ``prev_sign`` holds a
-    real previous iteration (False after a fresh build or a stage-init load).
+    :math:`\\partial L/\\partial \\hat w` over its backward passes). The signs of the previous
+    iteration (:math:`b^t`) are the layer's :class:`~bnnkit.nn.SignHistory`.
     """
 
     def __init__(self, weight: Tensor, gamma0: float) -> None:
         super().__init__()
         w = weight.detach()
         c = w.shape[0]
-        self.register_buffer("prev_sign", sign(w))
         self.register_buffer("gamma", torch.full((c,), gamma0, dtype=w.dtype, device=w.device))
         self.register_buffer("grad_max", torch.zeros(c, dtype=w.dtype, device=w.device))
-        self.register_buffer("primed", torch.zeros((), dtype=torch.bool, device=w.device))
         self.register_buffer("grad_hat", torch.zeros_like(w), persistent=False)
         self.register_buffer(
             "recon_loss", torch.zeros((), dtype=w.dtype, device=w.device), persistent=False
         )
+        self.history_seen: int | None = None  # the sign-history update count read last
 
 
 class _OfficialReBNNWeight(torch.autograd.Function):
@@ -152,75 +145,79 @@ class ReBNN(Method):
     * ``max``: the max term only. ``constant``: 2e-4, what the released code effectively uses
       (its ``round_pass`` returns 2e-4 for every input). ``fixed``: the field ``gamma``.
 
-    The previous sign is a per-weight buffer (never ``w - w.grad``); under DDP
+    The previous signs are the layer's shared sign history (never ``w - w.grad``); under DDP
     :math:`\partial L/\partial \hat w` is averaged across processes before its max is taken,
     so γ is the same on every rank.
+
+    Composed on a base (``{name: rebnn, base: bireal}``), the base's binarizers and scale are
+    used with the reconstruction term on top (``r = w - binarized_weight``; α gets its term
+    when the scale is learnable), and the flips are those of the base's sign (its
+    :meth:`~bnnkit.binarize.Binarizer.sign_input`). Meaningful with ``reactnet`` (ReBNN's own
+    base) and ``bireal``. The ``official_code`` variant cannot sit on a base (own scale).
 
     Args:
         gamma_mode: see above.
         gamma: γ for ``gamma_mode="fixed"``.
         variant: ``paper`` or ``official_code``.
-        base: another method whose binarizers and scale are used, with the reconstruction
-            term on top (``r = w - binarized_weight``; α gets its term when the scale is
-            learnable). Meaningful with ``reactnet`` (ReBNN's own base) and ``bireal``.
 
     Departures: γ starts at 0 in the ``paper``/``max`` modes (the paper does not say); the
-    ``official_code`` variant keeps the code's gradients but uses the buffer of previous signs
+    ``official_code`` variant keeps the code's gradients but uses the record of previous signs
     instead of its ``w - w.grad`` proxy.
     """
 
     name: ClassVar[str] = "rebnn"
+    adds_rules: ClassVar[bool] = True
     gamma_mode: str = "paper"
     gamma: float = CODE_GAMMA
     variant: str = "paper"
-    base: Any = None
 
     def __post_init__(self) -> None:
         check_choice(self, "gamma_mode", GAMMA_MODES)
         check_choice(self, "variant", ("paper", "official_code"))
         check_range(self, "gamma", low=0.0)
-        if self.base is not None and self.variant == "official_code":
-            raise ValueError("rebnn.base needs variant 'paper' (official_code has its own scale)")
-        resolve_base(self)
+
+    def refuses_base(self, base: Method) -> str | None:
+        if self.variant == "official_code":
+            return "rebnn's official_code variant has its own scale and gradients; use variant: paper on a base"
+        return super().refuses_base(base)
 
     def _gamma0(self) -> float:
         return {"constant": CODE_GAMMA, "fixed": self.gamma}.get(self.gamma_mode, 0.0)
 
+    # -- builders (binarizers and scale used when ReBNN is not on a base) -------------------------
     def build_layer_state(self, layer: BinaryLayer) -> nn.Module:
         return ReBNNState(layer.weight, self._gamma0())
 
     def build_weight_binarizer(self, layer: BinaryLayer) -> nn.Module | None:
-        if self.base:
-            return self.base.build_weight_binarizer(layer)
         return IdentitySTESign() if self.variant == "official_code" else ClippedSTESign()
 
     def build_input_binarizer(self, layer: BinaryLayer) -> nn.Module | None:
-        return (
-            self.base.build_input_binarizer(layer) if self.base else RSign(layer.num_input_channels)
-        )
+        return RSign(layer.num_input_channels)
 
     def build_scale(self, layer: BinaryLayer) -> Scale:
-        if self.base:
-            inner = self.base.build_scale(layer)
-        elif self.variant == "official_code":
+        if self.variant == "official_code":
             inner = OfficialReBNNScale(layer.num_output_channels)
         else:
             inner = LearnableScale(layer.num_output_channels, init="mean_abs", weight=layer.weight)
-        return GradRecordingScale(inner, layer.method_state)
+        return self.wrap_scale(layer, inner)
 
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return self.base.param_groups(model) if self.base else super().param_groups(model)
+    def wrap_scale(self, layer: BinaryLayer, scale: Scale | None) -> Scale:
+        """Records :math:`\\partial L/\\partial \\hat w` into this layer's :class:`ReBNNState`."""
+        return GradRecordingScale(scale, self.state_of(layer))
 
-    def on_step_start(self, layers: LayerList, state: TrainState) -> None:
-        if self.base:
-            self.base.on_step_start(layers, state)
+    # -- hooks -----------------------------------------------------------------------------------
+    def _layers(self, layers: LayerList) -> list[tuple[BinaryLayer, ReBNNState, SignHistory]]:
+        out = []
+        for _, layer in layers:
+            st = self.state_of(layer)
+            if isinstance(st, ReBNNState) and layer.sign_history is not None:
+                out.append((layer, st, layer.sign_history))
+        return out
 
     def before_optimizer_step(self, layers: LayerList, state: TrainState) -> None:
-        if self.base:
-            self.base.before_optimizer_step(layers, state)
-        for _, layer in layers:
-            if isinstance(layer.method_state, ReBNNState) and layer.weight.grad is not None:
-                self._reconstruct(layer, layer.method_state)
+        for layer, st, _ in self._layers(layers):
+            if layer.weight.grad is not None:
+                self._reconstruct(layer, st)
 
     def _reconstruct(self, layer: BinaryLayer, st: ReBNNState) -> None:
         w = layer.weight.detach()
@@ -229,8 +226,6 @@ class ReBNN(Method):
             td.all_reduce(st.grad_hat)  # the global dL/dŵ is the mean of the ranks' ones
             st.grad_hat.div_(td.get_world_size())
             st.grad_max.copy_(st.grad_hat.abs().flatten(1).amax(1))
-        st.prev_sign.copy_(torch.where(st.primed, st.prev_sign, sign(w)))
-        st.primed.fill_(True)
         gamma = st.gamma.view(shape)
         inner = layer.scale.inner if isinstance(layer.scale, GradRecordingScale) else layer.scale
         with torch.no_grad():
@@ -252,22 +247,18 @@ class ReBNN(Method):
             st.recon_loss.copy_((st.gamma * r.square().flatten(1).sum(1)).sum() / 2)
 
     def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
-        metrics = dict(self.base.after_optimizer_step(layers, state) or {}) if self.base else {}
-        states = []
-        for _, layer in layers:
-            st = layer.method_state
-            if not isinstance(st, ReBNNState):
-                continue
-            new = sign(layer.weight.detach())
-            if self.gamma_mode == "paper":
-                flips = (new != st.prev_sign).to(st.gamma.dtype).flatten(1).mean(1)
+        found = self._layers(layers)
+        for _, st, history in found:
+            st.history_seen = history.checked(st.history_seen, "rebnn")
+            if self.gamma_mode == "paper":  # the fraction of channel i's weights that flipped
+                flips = history.flipped.to(st.gamma.dtype).flatten(1).mean(1)
                 st.gamma.copy_(flips * st.grad_max)
             elif self.gamma_mode == "max":
                 st.gamma.copy_(st.grad_max)
-            st.prev_sign.copy_(new)
             st.grad_hat.zero_()  # the next step accumulates afresh
-            states.append(st)
-        if states:
-            metrics["rebnn/recon_loss"] = torch.stack([s.recon_loss for s in states]).sum()
-            metrics["rebnn/gamma"] = torch.cat([s.gamma for s in states]).mean()
-        return metrics
+        if not found:
+            return {}
+        return {
+            METRIC_RECON_LOSS: torch.stack([st.recon_loss for _, st, _ in found]).sum(),
+            METRIC_GAMMA: torch.cat([st.gamma for _, st, _ in found]).mean(),
+        }

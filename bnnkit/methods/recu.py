@@ -15,19 +15,19 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from bnnkit.binarize import LearnableScale, Scale, StdNormApproxSign, identity_ste_sign
-from bnnkit.diagnostics.dynamics import sign_input
-from bnnkit.methods.base import (
-    LayerList,
-    Method,
-    TrainState,
-    check_ordered,
-    check_range,
-    register_method,
+from bnnkit.binarize import (
+    Binarizer,
+    LearnableScale,
+    Scale,
+    StdNormApproxSign,
+    identity_ste_sign,
 )
-from bnnkit.nn import BinaryLayer
+from bnnkit.methods.base import Method, TrainState, check_ordered, check_range, register_method
+from bnnkit.nn import BinaryLayer, LayerList
 
 STD_TARGET = 2.0 * math.sqrt(2.0)  # std of w1; Laplace scale b* = STD_TARGET / sqrt(2) = 2
+METRIC_TAU = "recu/tau"
+METRIC_CLAMPED = "recu/clamped"
 
 
 def recu_tau(epoch: int, epochs: int, tau_min: float = 0.85, tau_max: float = 0.99) -> float:
@@ -63,7 +63,7 @@ def recu_threshold(w1: Tensor, tau: Tensor) -> Tensor:
         return -w1.abs().mean() * torch.log(2.0 - 2.0 * tau)
 
 
-class ReCUSign(nn.Module):
+class ReCUSign(Binarizer):
     r"""ReCU weight binarizer: :math:`\mathrm{sign}(\mathrm{clamp}(w_1, -Q(\tau), Q(\tau)))`.
 
     Backward: identity STE through the sign, gradient 1 on the closed interval
@@ -91,19 +91,17 @@ class ReCUSign(nn.Module):
         w1, q = self._standardized(w)
         return torch.clamp(w1, -q, q)
 
+    @torch.no_grad()
+    def sign_input(self, x: Tensor) -> Tensor:
+        """The standardised, clamped weight (its sign is that of the channel-centred weight)."""
+        return self.clamp_input(x)
+
     def forward(self, w: Tensor) -> Tensor:
         w1, q = self._standardized(w)
         if self.training:
             with torch.no_grad():
                 self.clamped.copy_((w1.abs() > q).float().mean())
         return identity_ste_sign(torch.clamp(w1, -q, q))
-
-
-@sign_input.register
-def _recu_sign_input(binarizer: ReCUSign, weight: Tensor) -> Tensor:
-    """ReCU takes the sign of the standardised, clamped weight (diagnostics use it)."""
-    with torch.no_grad():
-        return binarizer.clamp_input(weight)
 
 
 @register_method
@@ -165,6 +163,6 @@ class ReCU(Method):
             return {}
         total = sum(n for n, _ in binarizers)
         return {
-            "recu/tau": binarizers[0][1].tau.clone(),
-            "recu/clamped": sum(n * b.clamped for n, b in binarizers) / total,
+            METRIC_TAU: binarizers[0][1].tau.clone(),
+            METRIC_CLAMPED: sum(n * b.clamped for n, b in binarizers) / total,
         }

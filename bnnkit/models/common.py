@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from bnnkit.errors import ConfigError
 from bnnkit.nn import BinaryConv2d
 
 
@@ -91,5 +92,8 @@ def small_uniform_init(model: nn.Module) -> None:
 
 
 def check_choice(name: str, value: object, choices: tuple) -> None:
+    """A model option's value must be one of ``choices`` (a :class:`ConfigError` if not)."""
     if value not in choices:
-        raise ValueError(f"{name} = {value!r} is not valid; choose one of {choices}")
+        raise ConfigError(
+            "is not valid", location=(name,), value=value, allowed=", ".join(map(repr, choices))
+        )

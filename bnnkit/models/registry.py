@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from bnnkit._registry import Registry
+from bnnkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def list_models() -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    """Registry entry of ``name`` (``ValueError`` listing valid names if unknown)."""
+    """Registry entry of ``name`` (a ``ConfigError`` listing valid names if unknown)."""
     return MODELS.get(name)
 
 
@@ -78,16 +79,18 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
     (what :func:`bnnkit.export.save_packed` writes to rebuild it).
 
     Raises:
-        ValueError: unknown model name or option (the message lists the valid ones).
+        ConfigError: unknown model name or option (the message lists the valid ones).
     """
     info = MODELS.get(name)
     valid = model_options(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ValueError(f"model {name!r} has no option(s) {unknown}; valid options: {valid}")
+        raise ConfigError(
+            f"not an option of model {name}", location=(unknown[0],), allowed=", ".join(valid)
+        )
     n = info.num_classes if num_classes is None else num_classes
-    if not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if isinstance(n, bool) or not (isinstance(n, int) and n >= 1):
+        raise ConfigError("must be a positive int", location=("num_classes",), value=num_classes)
     model = info.fn(num_classes=n, **kwargs)
     # how to build it again (timm's ``pretrained_cfg`` idea): checkpoints and packed exports
     model.model_spec = {"name": name, "num_classes": n, "options": dict(kwargs)}

@@ -16,14 +16,16 @@ input binarization (zero padding of a ±1 map, as every paper's code trains).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bnnkit.binarize import Scale, get_binarizer, get_scale
+from bnnkit.binarize import Binarizer, Scale, get_binarizer, get_scale
 from bnnkit.binarize.autograd import sign_recompute_hooks
+from bnnkit.nn.history import SignHistory
 
 
 class BinaryLayer(nn.Module):
@@ -33,7 +35,10 @@ class BinaryLayer(nn.Module):
         weight_binarizer: module applied to the latent weight, or ``None``.
         input_binarizer: module applied to the layer input, or ``None``.
         scale: a :class:`bnnkit.binarize.Scale` (weight-side, per output channel) or ``None``.
-        method_state: a module of per-layer buffers built by the attached method, or ``None``.
+        method_state: the attached method's per-layer buffers, one module per method part,
+            keyed by the part's name (``layer.method_state["ovsw"]``), or ``None``.
+        sign_history: the :class:`~bnnkit.nn.SignHistory` of the binary weight (built by
+            :func:`bnnkit.binarize_` when the weight is binarized), or ``None``.
         method_name: name of the attached method (set by :func:`bnnkit.binarize_`), or ``None``.
     """
 
@@ -41,13 +46,15 @@ class BinaryLayer(nn.Module):
     weight_binarizer: nn.Module | None
     input_binarizer: nn.Module | None
     scale: Scale | None
-    method_state: nn.Module | None
+    method_state: nn.ModuleDict | None
+    sign_history: SignHistory | None
 
     def _init_binary(self, weight_binarizer: Any, input_binarizer: Any, scale: Any) -> None:
         self.register_module("weight_binarizer", get_binarizer(weight_binarizer))
         self.register_module("input_binarizer", get_binarizer(input_binarizer))
         self.register_module("scale", get_scale(scale, weight=self.weight))
         self.register_module("method_state", None)
+        self.register_module("sign_history", None)
         self.method_name: str | None = None
 
     @property
@@ -73,6 +80,14 @@ class BinaryLayer(nn.Module):
         w = self.weight
         b = w if self.weight_binarizer is None else self.weight_binarizer(w)
         return b if self.scale is None else self.scale.scale_weight(b, w)
+
+    def sign_input(self) -> Tensor:
+        """The tensor whose sign the binarized weight is: ``weight_binarizer.sign_input(W)``
+        for a :class:`~bnnkit.binarize.Binarizer`, else the latent weight ``W`` itself."""
+        b = self.weight_binarizer
+        if b is None:
+            raise ValueError(f"{type(self).__name__} has no weight binarizer: its weight has no sign")
+        return b.sign_input(self.weight) if isinstance(b, Binarizer) else self.weight
 
     def binarized_input(self, x: Tensor) -> Tensor:
         """What the input becomes before the product: ``input_binarizer(x)`` or ``x``."""
@@ -248,4 +263,50 @@ def is_binary_layer(module: nn.Module) -> bool:
     return isinstance(module, BinaryLayer)
 
 
-__all__ = ["BinaryConv2d", "BinaryLayer", "BinaryLinear", "is_binary_layer"]
+LayerList = list[tuple[str, BinaryLayer]]
+
+
+def binary_layers(model: nn.Module) -> LayerList:
+    """The model's ``BinaryConv2d`` / ``BinaryLinear`` layers as ``(qualified_name, layer)``.
+
+    Order is module registration order, which is the forward order for every bnnkit model
+    (and for any model that defines its layers in the order it uses them).
+    """
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryLayer)]
+
+
+def _histories(model_or_layers: nn.Module | Iterable[tuple[str, nn.Module]]) -> list[BinaryLayer]:
+    pairs = binary_layers(model_or_layers) if isinstance(model_or_layers, nn.Module) else model_or_layers
+    return [m for _, m in pairs if isinstance(m, BinaryLayer) and m.sign_history is not None]
+
+
+@torch.no_grad()
+def update_sign_history(model_or_layers: nn.Module | Iterable[tuple[str, nn.Module]]) -> None:
+    """Update every binary layer's :class:`~bnnkit.nn.SignHistory`: once per training step,
+    right after ``optimizer.step()`` (see :mod:`bnnkit.nn.history`).
+
+    Args:
+        model_or_layers: a model, or ``binary_layers(model)`` pairs.
+    """
+    for layer in _histories(model_or_layers):
+        layer.sign_history.update(layer.sign_input())
+
+
+@torch.no_grad()
+def reset_sign_history(model_or_layers: nn.Module | Iterable[tuple[str, nn.Module]]) -> None:
+    """Make every binary layer's current sign its history's reference, with no flips (at the
+    start of a training stage, after its weights were loaded)."""
+    for layer in _histories(model_or_layers):
+        layer.sign_history.reset(layer.sign_input())
+
+
+__all__ = [
+    "BinaryConv2d",
+    "BinaryLayer",
+    "BinaryLinear",
+    "LayerList",
+    "binary_layers",
+    "is_binary_layer",
+    "reset_sign_history",
+    "update_sign_history",
+]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnnkit.binarize import shifted_approx_sign
+from bnnkit.binarize import Binarizer, shifted_approx_sign
 
 
 def _channel_view(p: Tensor, x: Tensor) -> Tensor:
@@ -30,7 +30,7 @@ class LearnableBias(nn.Module):
         return f"num_channels={self.bias.numel()}"
 
 
-class RSign(nn.Module):
+class RSign(Binarizer):
     r"""ReAct-Sign: sign with a learnable per-channel threshold, used as an input binarizer.
 
     Forward :math:`\mathrm{sign}(x + b_c)` (threshold :math:`\alpha_c = -b_c`, ``b`` init 0);
@@ -43,6 +43,14 @@ class RSign(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return shifted_approx_sign(x, self.bias)
+
+    def sign_input(self, x: Tensor) -> Tensor:
+        """``x + b``."""
+        return x + _channel_view(self.bias, x)
+
+    def inference_shift(self) -> Tensor:
+        """The learnable shift ``b``: RSign computes ``sign(x + b)`` in eval mode too."""
+        return self.bias.detach().float().clone()
 
     def extra_repr(self) -> str:
         return f"num_channels={self.bias.numel()}"

@@ -28,8 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from bnnkit._io import atomic_write_text
-from bnnkit.diagnostics.report import load_run, write_report
+from bnnkit.config import load_recipe
+from bnnkit.diagnostics import names as N
+from bnnkit.diagnostics.figures import pyplot, save_figure
+from bnnkit.diagnostics.report import write_report
+from bnnkit.errors import BnnkitError
 from bnnkit.methods import list_methods
+from bnnkit.runs.rundir import RunDirectory, load_run
+from bnnkit.runs.run import train
 
 COLUMNS = (
     ("best_top1", "best top-1"),
@@ -43,7 +49,7 @@ COLUMNS = (
 )
 
 
-class CompareError(ValueError):
+class CompareError(BnnkitError, ValueError):
     """Bad compare arguments, or an output folder that holds a different comparison."""
 
 
@@ -125,14 +131,14 @@ def _run_values(run_dir: Path) -> dict[str, float]:
 
     seconds = [e["seconds"] for e in epochs if "seconds" in e]
     ips = [e["images_per_s"] for e in epochs if "images_per_s" in e]
-    silent = summary.get("dynamics", {}).get("dyn/silent/all")
+    silent = summary.get("dynamics", {}).get(N.dyn_key(N.SILENT))
     return {
         "best_top1": summary.get("best_top1"),
         "final_top1": summary.get("final_top1"),
         "silent": 100 * silent if silent is not None else None,
-        "oscillation": mean_of("dyn/oscillation/all"),
-        "backforth": mean_of("dyn/backforth/all"),
-        "dead": mean_of("dyn/dead/all"),
+        "oscillation": mean_of(N.dyn_key(N.OSCILLATION)),
+        "backforth": mean_of(N.dyn_key(N.BACKFORTH)),
+        "dead": mean_of(N.dyn_key(N.DEAD)),
         "seconds_per_epoch": statistics.median(seconds) if seconds else None,
         "images_per_s": statistics.median(ips) if ips else None,
     }
@@ -160,8 +166,6 @@ def compare(
         train_fn: the training function (default :func:`bnnkit.train`).
         log: where progress lines go (default stderr).
     """
-    from bnnkit.train.config import load_recipe
-
     log = log or (lambda text: print(text, file=sys.stderr))
     methods = list(dict.fromkeys(methods))
     seeds = list(dict.fromkeys(int(s) for s in seeds))
@@ -191,8 +195,7 @@ def compare(
                 f"{old.get('overrides')}; use another --out for different settings"
             )
     out.mkdir(parents=True, exist_ok=True)
-    if train_fn is None:
-        from bnnkit.train import train as train_fn
+    train_fn = train_fn or train
     result = CompareResult(out, methods, seeds)
     total = len(methods) * len(seeds)
     for i, (m, s) in enumerate(((m, s) for m in methods for s in seeds), start=1):
@@ -200,7 +203,7 @@ def compare(
         label = f"[compare {i}/{total}] {m} seed {s}"
         if (run_dir / "summary.json").is_file():
             log(f"{label}: done before, kept ({run_dir})")
-        elif (run_dir / "checkpoints" / "last.pt").is_file():
+        elif RunDirectory(run_dir).last_checkpoint.is_file():
             log(f"{label}: resuming {run_dir}")
             train_fn(resume=run_dir)
         else:
@@ -209,7 +212,7 @@ def compare(
             log(f"{label}: training into {run_dir}")
             train_fn(recipe, [*shared, f"method.name={m}", f"training.seed={s}", *per[m]], out=run_dir)  # fmt: skip
         result.runs.setdefault(m, {})[s] = _run_values(run_dir)
-        write_report(run_dir)
+        write_report(load_run(run_dir))
     _write_outputs(result, spec)
     return result
 
@@ -252,18 +255,16 @@ def _write_outputs(result: CompareResult, spec: dict[str, Any]) -> None:
 
 def compare_figure(result: CompareResult) -> Path | None:
     """Curves of every method (mean over seeds), overlaid: top-1, loss and the dynamics."""
-    from bnnkit.diagnostics.report import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     panels = [
         ("top1", "val top-1 (%)", 1.0),
         ("train_loss", "train loss", 1.0),
-        ("dyn/oscillation/all", "flip rate, epoch mean (%)", 100.0),
-        ("dyn/backforth/all", "back-and-forth (%)", 100.0),
-        ("dyn/silent/all", "silent (%)", 100.0),
-        ("dyn/dead/all", "dead (%)", 100.0),
+        (N.dyn_key(N.OSCILLATION), "flip rate, epoch mean (%)", 100.0),
+        (N.dyn_key(N.BACKFORTH), "back-and-forth (%)", 100.0),
+        (N.dyn_key(N.SILENT), "silent (%)", 100.0),
+        (N.dyn_key(N.DEAD), "dead (%)", 100.0),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for m in result.methods:
@@ -280,4 +281,4 @@ def compare_figure(result: CompareResult) -> Path | None:
             ax.set_title(label, fontsize=10)
             ax.set_xlabel("epoch")
     axes.flat[0].legend(fontsize=8)
-    return _save(fig, plt, result.out / "compare.png")
+    return save_figure(fig, plt, result.out / "compare.png")

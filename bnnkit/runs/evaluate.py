@@ -1,5 +1,5 @@
-"""From a training run to a packed model and back: ``export_checkpoint`` and ``evaluate_packed``
-(what ``bnnkit export`` and ``bnnkit predict`` call)."""
+"""A trained checkpoint, used: evaluated (``bnnkit eval``), exported to a packed model
+(``bnnkit export``), and the packed model evaluated (``bnnkit predict``)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,44 @@ from typing import Any
 
 import torch
 
+from bnnkit.config import load_recipe
 from bnnkit.data import build_data
+from bnnkit.errors import ConfigError
 from bnnkit.export import ExportError
 from bnnkit.export.files import load_packed, read_header, save_packed, size_report
-from bnnkit.train import checkpoint as ck
-from bnnkit.train.config import load_recipe
-from bnnkit.train.distributed import Dist
-from bnnkit.train.engine import evaluate
-from bnnkit.train.run import check_data_overrides, model_from_checkpoint
+from bnnkit.runs.checkpoint import CheckpointError, load_checkpoint
+from bnnkit.runs.rundir import resolve_checkpoint
+from bnnkit.runs.stages import model_from_checkpoint
+from bnnkit.training import Dist, evaluate, process_group
+
+
+def check_data_overrides(overrides: Sequence[str], command: str) -> None:
+    """Evaluation commands change the data only: refuse any other ``key=value``."""
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise ConfigError(f"takes data.* overrides only (the model is the checkpoint's)",
+                          location=(command,), value=bad)  # fmt: skip
+
+
+def evaluate_checkpoint(
+    path: str | Path, overrides: Sequence[str] = (), device: str = "auto"
+) -> tuple[dict[str, float], Path]:
+    """Top-1 / top-5 of a checkpoint on its recipe's validation data (``data.*`` overrides).
+
+    A run directory means its ``best.pt`` (else ``last.pt``).
+    """
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    check_data_overrides(overrides, "eval")
+    cfg = load_recipe(ckpt.recipe, list(overrides))
+    with process_group(device) as dist:
+        data = build_data(cfg.data, device=dist.device, rank=dist.rank, world_size=dist.world_size)
+        classes = ckpt.model_spec["num_classes"]
+        if data.num_classes != classes:
+            raise CheckpointError(f"the data has {data.num_classes} classes but the checkpoint's "
+                                  f"model {classes}")  # fmt: skip
+        model = model_from_checkpoint(ckpt, dist.device)
+        return evaluate(model, data.val, dist, contextlib.nullcontext), path
 
 
 def export_checkpoint(
@@ -29,11 +59,11 @@ def export_checkpoint(
     The recipe goes into the file's header (``extra.recipe``) so that ``bnnkit predict``
     knows the data and its normalisation. Returns the file and :func:`size_report`.
     """
-    path = ck.resolve_checkpoint(source)
-    ckpt = ck.load_checkpoint(path)
+    path = resolve_checkpoint(source)
+    ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, "cpu")
-    extra = {"recipe": ckpt.get("recipe"), "source": str(path)}
-    file = save_packed(model, out, model_spec=ckpt["model_spec"], extra=extra, kernel=kernel)
+    extra = {"recipe": ckpt.recipe, "source": str(path)}
+    file = save_packed(model, out, model_spec=ckpt.model_spec, extra=extra, kernel=kernel)
     return file, size_report(model, file)
 
 
@@ -71,7 +101,7 @@ def evaluate_packed(
     data = build_data(cfg.data, device=torch.device("cpu"), rank=0, world_size=1)
     classes = header["model"]["num_classes"]
     if data.num_classes != classes:
-        raise ValueError(f"the data has {data.num_classes} classes but the packed model {classes}")
+        raise ExportError(f"the data has {data.num_classes} classes but the packed model {classes}")
     model = load_packed(file, kernel=kernel)
     t0 = time.perf_counter()
     with torch.inference_mode():

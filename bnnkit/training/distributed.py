@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as td
 
+from bnnkit.errors import ConfigError
+
 
 @dataclass
 class Dist:
@@ -64,9 +66,10 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         )
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"training.device = {spec!r} but CUDA is not available; use 'auto' or 'cpu'"
-        )
+        raise ConfigError(
+            "needs CUDA, which is not available here", location=("training", "device"),
+            value=spec, allowed="'auto' or 'cpu'",
+        )  # fmt: skip
     return device
 
 

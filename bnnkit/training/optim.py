@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnnkit.config import OptimizerConfig, ScheduleConfig
 from bnnkit.methods import Method
-from bnnkit.train.config import OptimizerConfig, ScheduleConfig
 
 
 def _decayed(rule: str, name: str, p: torch.Tensor) -> bool:

@@ -1,6 +1,7 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per event), TensorBoard, tqdm progress.
+"""Run logging: a JSON-lines event file (one object per event), TensorBoard, tqdm progress.
 
-Only rank 0 writes (other ranks get a logger that drops everything). Values are converted
+The logger is told where to write (the run directory's layout belongs to :mod:`bnnkit.runs`).
+Only rank 0 logs (other ranks get ``enabled=False``: everything dropped). Values are converted
 to Python numbers here, at the log interval, which is the only place the loop syncs.
 """
 
@@ -35,14 +36,29 @@ def to_number(value: Any) -> Any:
 
 
 class RunLogger:
-    """Writes events to ``metrics.jsonl`` and TensorBoard, and drives a progress bar."""
+    """Writes events to a JSON-lines file and TensorBoard, prints messages, drives a progress bar.
 
-    def __init__(self, run_dir: Path | None, *, tensorboard: bool, progress: str) -> None:
-        self.enabled = run_dir is not None
-        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1) if run_dir else None  # noqa: SIM115
-        self._tb = None
-        if run_dir is not None and tensorboard:
-            self._tb = _summary_writer(run_dir / "tensorboard")
+    Args:
+        events_file: where events are appended (``None``: not written).
+        tensorboard_dir: TensorBoard event folder (``None``: none; also none when
+            tensorboard is not installed).
+        progress: ``auto`` (a bar on a terminal only), ``on`` or ``off``.
+        enabled: ``False`` drops everything (the other ranks of a DDP job, benchmarks).
+    """
+
+    def __init__(
+        self,
+        events_file: Path | None = None,
+        *,
+        tensorboard_dir: Path | None = None,
+        progress: str = "off",
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self._file = None
+        if enabled and events_file is not None:
+            self._file = open(events_file, "a", buffering=1)  # noqa: SIM115
+        self._tb = _summary_writer(tensorboard_dir) if enabled and tensorboard_dir else None
         self._progress_mode = progress
         self._bar = None
         self.start = time.time()
