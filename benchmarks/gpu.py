@@ -24,7 +24,7 @@ import torch
 from _common import append_record
 
 from bnnkit.methods import TrainState, list_methods
-from bnnkit.train.run import step_trainer
+from bnnkit.training import trainer_for
 
 SIZES = {"resnet18_cifar": (32, 10, 256), "resnet18": (224, 1000, 256)}
 
@@ -42,7 +42,7 @@ def build(model: str, method: str, device: str, compile_: bool):
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
         "training": {"amp": "bf16", "channels_last": True, "device": device},
     }
-    t = step_trainer(recipe, device)
+    t = trainer_for(recipe, device)
     if torch.device(device).type == "cuda":
         t.model = t.model.to(memory_format=torch.channels_last)
     if compile_:
@@ -54,7 +54,7 @@ def step(t, x, y) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    t._step(x, y, TrainState(t.progress.step, 0, 1, 0.5, 0.01))
+    t.train_step(x, y, TrainState(t.progress.step, 0, 1, 0.5, 0.01))
     if x.is_cuda:
         torch.cuda.synchronize()
     t.progress.step += 1

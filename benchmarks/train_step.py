@@ -27,8 +27,8 @@ import torch
 from _common import append_record
 
 from bnnkit.methods import list_methods
-from bnnkit.train.engine import StageTrainer
-from bnnkit.train.run import step_trainer
+from bnnkit.training.engine import StageTrainer
+from bnnkit.training import trainer_for
 
 DEFAULT_METHODS = ("ste", "xnor", "bireal", "irnet", "reactnet", "recu", "rebnn", "ovsw")
 
@@ -42,7 +42,7 @@ def make_trainer(
         "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 10},
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
     }
-    return step_trainer(recipe, device, trackers=trackers)
+    return trainer_for(recipe, device, trackers=trackers)
 
 
 def timed_step(
@@ -54,7 +54,7 @@ def timed_step(
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    trainer._step(x, y, state)
+    trainer.train_step(x, y, state)
     if device.type == "cuda":
         torch.cuda.synchronize()
     trainer.progress.step += 1

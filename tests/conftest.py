@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnnkit.methods import Method, TrainState, binary_layers
+from bnnkit.config import KDConfig, OptimizerConfig, ScheduleConfig, StageConfig, TrainingConfig
+from bnnkit.methods import Method, TrainState
+from bnnkit.training import Trainer, build_optimizer
 
 
 @pytest.fixture(autouse=True)
@@ -21,24 +23,20 @@ def train_steps(
     lr: float = 0.05,
     epochs: int = 1,
 ) -> list[float]:
-    """A minimal loop calling the method hooks in the engine's order; returns the losses."""
-    layers = binary_layers(model)
-    groups = method.param_groups(model)
-    opt = torch.optim.SGD([{"params": g["params"]} for g in groups], lr=lr, momentum=0.9)
+    """``steps`` steps of bnnkit's own engine (:meth:`bnnkit.training.Trainer.train_step`: the
+    method hooks in the engine's order, the sign-history update) with SGD (momentum 0.9, no
+    weight decay) at a constant ``lr``; returns the losses."""
+    stage = StageConfig(
+        name="test", method=method, optimizer=OptimizerConfig(name="sgd", lr=lr, momentum=0.9),
+        schedule=ScheduleConfig(name="constant"), training=TrainingConfig(epochs=epochs),
+        kd=KDConfig(),
+    )  # fmt: skip
+    trainer = Trainer(stage, model, build_optimizer(model, method, stage.optimizer))
     losses = []
     for step in range(steps):
         state = TrainState(step=step, epoch=0, epochs=epochs, progress=step / steps, lr=lr)
-        method.on_step_start(layers, state)
-        out = model(x)
-        loss = nn.functional.cross_entropy(out, y)
-        for extra in method.extra_losses(layers, out, y).values():
-            loss = loss + extra
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        method.before_optimizer_step(layers, state)
-        opt.step()
-        method.after_optimizer_step(layers, state)
-        losses.append(float(loss.detach()))
+        losses.append(float(trainer.train_step(x, y, state).loss))
+        trainer.progress.step += 1
     return losses
 
 

@@ -223,7 +223,7 @@ def _build_stage(raw: dict, index: int, defaults: dict, staged: bool) -> StageCo
                               allowed=", ".join(("name", *STAGE_KEYS)))  # fmt: skip
     merged = deep_merge({k: defaults.get(k) or {} for k in STAGE_KEYS}, raw)
     if not merged.get("method"):
-        raise ConfigError("is missing (see `bnnkit list methods`)", location=(*where, "method"))
+        raise ConfigError("missing (see `bnnkit list methods`)", location=(*where, "method"))
     return StageConfig(
         name=str(raw.get("name", f"stage{index + 1}")),
         method=build_method(merged["method"], (*where, "method")),

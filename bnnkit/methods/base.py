@@ -213,7 +213,7 @@ def check_fields(cls: type[Method], fields: Iterable[str]) -> None:
     for key in fields:
         if key not in valid:
             raise ConfigError(
-                f"is not a hyperparameter of {cls.name}",
+                f"not a hyperparameter of {cls.name}",
                 location=(key,),
                 allowed=", ".join(valid) if valid else "none (it takes no hyperparameters)",
             )

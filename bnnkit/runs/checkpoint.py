@@ -30,7 +30,7 @@ from torch import nn
 from bnnkit._io import atomic_write
 from bnnkit._version import __version__
 from bnnkit.errors import BnnkitError
-from bnnkit.nn import BinaryLayer, binary_layers
+from bnnkit.nn import BinaryLayer, binary_layers, reset_sign_history
 
 FORMAT = "bnnkit-checkpoint"
 FORMAT_VERSION = 2
@@ -237,7 +237,9 @@ def load_stage_init(model: nn.Module, state: dict[str, torch.Tensor], source: st
     """Initialise a stage's model from the previous stage's weights.
 
     Parameters the new method adds (e.g. a learnable scale) may be missing and keep their
-    fresh initialisation; they are returned. But a binary layer whose latent weight is not
+    fresh initialisation; they are returned. Every sign history is rebuilt from the loaded
+    weights (:func:`bnnkit.nn.reset_sign_history`: a stage starts with no flips). But a binary
+    layer whose latent weight is not
     found (or has another shape) is an error, never a silent skip (the defect of ReActNet's
     ``strict=False`` step-2 load, issue #39); so is any shape mismatch.
     """
@@ -251,4 +253,5 @@ def load_stage_init(model: nn.Module, state: dict[str, torch.Tensor], source: st
             + ". Binary-layer weights must come from the previous stage (same model)."
         )
     model.load_state_dict({k: v for k, v in state.items() if k not in unexpected}, strict=False)
-    return missing
+    reset_sign_history(model)
+    return [k for k in missing if ".sign_history." not in k]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bnnkit.train import evaluate_checkpoint, train
-from bnnkit.train.deploy import evaluate_packed, export_checkpoint
+from bnnkit.runs import evaluate_checkpoint, train
+from bnnkit.runs.evaluate import evaluate_packed, export_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = Path(os.environ.get("BNNKIT_CIFAR10_EXCERPT", REPO.parent / "shared" / "data" / "cifar10-excerpt"))  # fmt: skip

@@ -16,13 +16,11 @@ from bnnkit.methods import Method, TrainState, binarize_, binary_layers, get_met
 from bnnkit.methods.ovsw import SADState
 from bnnkit.methods.rebnn import ReBNNState
 from bnnkit.methods.recu import ReCUSign, recu_tau
-from bnnkit.train import load_checkpoint, train
-from bnnkit.train.checkpoint import load_stage_init
-from bnnkit.train.config import load_recipe
-from bnnkit.train.distributed import Dist
-from bnnkit.train.engine import StageProgress, StageTrainer
-from bnnkit.train.logging import RunLogger
-from bnnkit.train.losses import TaskLoss
+from bnnkit.config import load_recipe
+from bnnkit.errors import ConfigError
+from bnnkit.runs import load_checkpoint, train
+from bnnkit.runs.checkpoint import load_stage_init
+from bnnkit.training import TaskLoss, Trainer
 
 STAGE2 = {
     "recu": {"name": "recu", "input_bias": True},
@@ -63,11 +61,11 @@ def test_stage_two_of_the_reactnet_two_step_recipe(name):
     torch.nn.functional.cross_entropy(step2(x), y).backward()
     method.before_optimizer_step(layers, st)
     layer = layers[0][1]
+    # the one sign history of the layer holds the loaded weights' signs, no flips
+    assert torch.equal(layer.sign_history.negative, layer.sign_input() < 0)
+    assert not layer.sign_history.flipped.any()
     if name == "ovsw":
-        assert torch.equal(layer.method_state.weight_prev, layer.weight.detach())
-        assert float(layer.method_state.tracker.abs().sum()) == 0.0  # no phantom flips
-    if name == "rebnn":
-        assert torch.equal(layer.method_state.prev_sign, torch.where(layer.weight >= 0, 1.0, -1.0))
+        assert float(layer.method_state["ovsw"].tracker.abs().sum()) == 0.0  # no phantom flips
 
 
 def test_two_step_recipe_structure():
@@ -108,17 +106,17 @@ def test_ovsw_on_recu_keeps_the_tau_schedule_and_the_gradient_rules():
     model = binarize_(bnnkit.create_model("resnet20", num_classes=4), method)
     layers = binary_layers(model)
     assert isinstance(layers[0][1].weight_binarizer, ReCUSign)
-    assert isinstance(layers[0][1].method_state, SADState)
+    assert isinstance(layers[0][1].method_state["ovsw"], SADState)
     method.on_step_start(layers, TrainState(epoch=3, epochs=10))
     assert float(layers[0][1].weight_binarizer.tau) == pytest.approx(recu_tau(3, 10))
 
 
 def test_bad_compositions_are_refused():
-    with pytest.raises(ValueError, match=r"ovsw\.base cannot be ovsw itself"):
+    with pytest.raises(ConfigError, match=r"cannot compose ovsw on ovsw: ovsw would appear twice"):
         get_method("ovsw", base="ovsw")
-    with pytest.raises(ValueError, match="variant 'paper'"):
+    with pytest.raises(ConfigError, match="cannot compose rebnn on reactnet: .*variant: paper"):
         get_method("rebnn", base="reactnet", variant="official_code")
-    with pytest.raises(ValueError, match="unknown method 'recuu'"):
+    with pytest.raises(ConfigError, match="'recuu' is not a known method"):
         get_method("ovsw", base="recuu")
 
 
@@ -136,19 +134,16 @@ SYNTH = {
 def test_checkpoints_carry_the_method_state(name, tmp_path):
     recipe = {**SYNTH, "method": {"name": name}}
     train(recipe, out=tmp_path / "run")
-    sd = load_checkpoint(tmp_path / "run")["model"]
+    sd = load_checkpoint(tmp_path / "run").model
     if name == "recu":
         assert float(sd["layers.0.conv1.weight_binarizer.tau"]) == pytest.approx(recu_tau(1, 2))
+    w = sd["layers.0.conv1.weight"]
+    if name in ("rebnn", "ovsw"):  # the layer's one sign history: the signs after the last step
+        assert torch.equal(sd["layers.0.conv1.sign_history.negative"], w < 0)
     if name == "rebnn":
-        w = sd["layers.0.conv1.weight"]
-        assert torch.equal(
-            sd["layers.0.conv1.method_state.prev_sign"], torch.where(w >= 0, 1.0, -1.0)
-        )
-        assert sd["layers.0.conv1.method_state.gamma"].shape == (16,)
-        assert bool(sd["layers.0.conv1.method_state.primed"])
+        assert sd["layers.0.conv1.method_state.rebnn.gamma"].shape == (16,)
     if name == "ovsw":
-        assert sd["layers.0.conv1.method_state.tracker"].abs().sum() > 0  # flips were tracked
-        assert bool(sd["layers.0.conv1.method_state.primed"])
+        assert sd["layers.0.conv1.method_state.ovsw.tracker"].abs().sum() > 0  # flips tracked
 
 
 @dataclass(frozen=True)
@@ -176,13 +171,9 @@ def _one_step(scaler):
         load_recipe({**SYNTH, "method": "ste"}).stages[0], method=GradProbe()
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = StageTrainer(
-        stage=stage, model=model, forward_model=model, optimizer=opt, scaler=scaler, loss_fn=TaskLoss(),
-        data=None, dist=Dist(), logger=RunLogger(None, tensorboard=False, progress="off"), log_every=1,
-        progress=StageProgress(), save=lambda p, b: None,
-    )  # fmt: skip
+    trainer = Trainer(stage, model, opt, scaler=scaler, loss_fn=TaskLoss())
     torch.manual_seed(1)
-    trainer._step(torch.randn(8, 12), torch.randint(0, 3, (8,)), TrainState())
+    trainer.train_step(torch.randn(8, 12), torch.randint(0, 3, (8,)), TrainState())
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -209,4 +200,10 @@ def test_rebnn_logs_its_reconstruction_loss_and_gamma(tmp_path):
     train_rows = [r for r in rows if r["event"] == "train"]
     assert all("method/rebnn/recon_loss" in r and "method/rebnn/gamma" in r for r in train_rows)
     assert train_rows[-1]["method/rebnn/gamma"] > 0  # gamma grows from 0 once signs flip
-    assert isinstance(ReBNNState, type)
+    # gamma is saved per layer in its ReBNN state, and the run's last log event shows its mean
+    model = binarize_(bnnkit.create_model("resnet20", num_classes=4), get_method("rebnn"))
+    load_checkpoint(tmp_path / "run").load_model(model, "last.pt")
+    states = [layer.method_state["rebnn"] for _, layer in binary_layers(model)]
+    assert all(isinstance(st, ReBNNState) for st in states)
+    gammas = torch.cat([st.gamma for st in states])
+    assert float(gammas.mean()) == pytest.approx(train_rows[-1]["method/rebnn/gamma"], rel=1e-5)

@@ -24,6 +24,7 @@ from torch import nn
 
 import bnnkit
 from bnnkit.methods import TrainState, binarize_, binary_layers, get_method
+from bnnkit.nn import update_sign_history
 
 DT = torch.float64
 EPS = 1e-5
@@ -123,6 +124,7 @@ def rules(layer, method, layers, grad, step: int = 0, w_next=None):
     if w_next is not None:
         with torch.no_grad():
             layer.weight.copy_(t(w_next).reshape(layer.weight.shape))
+    update_sign_history(layers)  # the engine's step: right after optimizer.step
     metrics = method.after_optimizer_step(layers, state)
     return seen, metrics
 
@@ -138,7 +140,7 @@ def np_tau(e: int, E: int, lo: float = 0.85, hi: float = 0.99) -> float:
 def test_defaults():
     m = get_method("ovsw")
     assert (m.delta, m.lam, m.m, m.theta) == (DELTA, LAM, M, THETA)
-    assert (m.learnable_scale, m.input_bias, m.base) == (False, False, None)
+    assert (m.learnable_scale, m.input_bias, m.parts()) == (False, False, (m,))
 
 
 def test_weight_is_scale_times_sign_of_raw_weight_with_no_gradient_through_the_scale():
@@ -250,18 +252,18 @@ def test_no_learnable_input_parameter_without_input_bias():
 # -- buffers -----------------------------------------------------------------------------------------
 
 
-def test_buffers_start_as_a_copy_of_w_and_zeros():
+def test_buffers_start_as_the_signs_of_w_and_zeros():
+    # W_prev is the layer's sign history: the signs of W0, no flip; the tracker starts at 0
     w = np.array([[0.5, -0.2, 0.3, -0.4], [0.1, 0.2, -0.3, 0.6]])
     _, layer, _, _ = ovsw_model(w)
-    st = layer.method_state
-    assert torch.equal(st.weight_prev, t(w)) and torch.equal(
-        st.tracker, torch.zeros(2, 4, dtype=DT)
-    )
+    st, history = layer.method_state["ovsw"], layer.sign_history
+    assert torch.equal(history.negative, t(w) < 0) and not history.flipped.any()
+    assert torch.equal(st.tracker, torch.zeros(2, 4, dtype=DT))
     names = dict(layer.named_buffers())
-    assert "method_state.weight_prev" in names and "method_state.tracker" in names
+    assert "sign_history.negative" in names and "method_state.ovsw.tracker" in names
     with torch.no_grad():
-        layer.weight.mul_(-1.0)  # an in-place optimizer step must not move the copy
-    assert torch.equal(st.weight_prev, t(w))
+        layer.weight.mul_(-1.0)  # an in-place optimizer step must not move the record
+    assert torch.equal(history.negative, t(w) < 0)
 
 
 # -- AGS --------------------------------------------------------------------------------------------
@@ -371,7 +373,7 @@ GS = np.full((2, 4), 0.5)  # ||g_c|| = 1 >> delta ||w_c||: AGS leaves it alone
 
 def test_sad_tracker_silent_mask_decay_and_w_prev_over_steps():
     _, layer, method, layers = ovsw_model(W0)
-    st = layer.method_state
+    st = layer.method_state["ovsw"]
     expected_tracker = [np.zeros((2, 4)) for _ in range(4)]
     expected_tracker[1][0, 1] = 0.001
     expected_tracker[2][0, 1] = 0.000999
@@ -387,7 +389,9 @@ def test_sad_tracker_silent_mask_decay_and_w_prev_over_steps():
         torch.testing.assert_close(st.tracker, t(tracker), rtol=1e-9, atol=1e-15)
         silent = tracker < THETA
         torch.testing.assert_close(seen, t(GS + LAM * silent * ws[k]), rtol=1e-12, atol=1e-15)
-        assert torch.equal(st.weight_prev, t(ws[k]))  # this step's pre-step weights, not W_{k+1}
+        # the next SAD compares W_{k+1} with this step's pre-step weights W_k (not W_{k+1})
+        w_after = ws[k + 1] if k + 1 < 4 else ws[k]
+        assert torch.equal(layer.sign_history.flipped, t(sgn(w_after) != sgn(ws[k])))
         assert float(metrics["ovsw/silent"]) == pytest.approx(fractions[k], abs=1e-12)
         assert metrics["ovsw/silent"].ndim == 0
     # the decayed value itself: 0.999^2 * 0.001
@@ -399,7 +403,7 @@ def test_sad_theta_controls_the_silent_mask():
     _, layer, method, layers = ovsw_model(W0, theta=2e-3)
     rules(layer, method, layers, GS, step=0, w_next=W1)
     seen, metrics = rules(layer, method, layers, GS, step=1)
-    assert float(layer.method_state.tracker[0, 1]) == pytest.approx(0.001, rel=1e-9)
+    assert float(layer.method_state["ovsw"].tracker[0, 1]) == pytest.approx(0.001, rel=1e-9)
     torch.testing.assert_close(seen, t(GS + LAM * W1), rtol=1e-12, atol=1e-15)
     assert float(metrics["ovsw/silent"]) == pytest.approx(1.0, abs=1e-12)
 
@@ -409,7 +413,7 @@ def test_sad_silent_is_strictly_below_theta():
     _, layer, method, layers = ovsw_model(W0, theta=1.0 - M)
     rules(layer, method, layers, GS, step=0, w_next=W1)
     seen, _ = rules(layer, method, layers, GS, step=1)
-    assert float(layer.method_state.tracker[0, 1]) == 1.0 - M
+    assert float(layer.method_state["ovsw"].tracker[0, 1]) == 1.0 - M
     silent = np.ones((2, 4), dtype=bool)
     silent[0, 1] = False
     torch.testing.assert_close(seen, t(GS + LAM * silent * W1), rtol=1e-12, atol=1e-15)
@@ -437,10 +441,9 @@ def test_recu_base_uses_recu_binarizers_and_schedule_with_ovsw_rules(base):
     assert isinstance(layer.scale.alpha, nn.Parameter)  # ReCU's learnable alpha
     # the OvSW gradient rules still apply
     g = np.array([[0.01, 0.0, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0]])
-    st = layer.method_state
-    assert torch.equal(st.weight_prev, t(w)) and torch.equal(
-        st.tracker, torch.zeros(2, 4, dtype=DT)
-    )
+    st = layer.method_state["ovsw"]
+    assert not layer.sign_history.flipped.any()
+    assert torch.equal(st.tracker, torch.zeros(2, 4, dtype=DT))
     seen, metrics = rules(layer, method, layers, g)
     expected = ref_sad(ref_ags(g, w)[0], w, w, np.zeros((2, 4)))[0]
     torch.testing.assert_close(seen, t(expected), rtol=1e-12, atol=1e-15)
@@ -461,13 +464,14 @@ def test_weight_prev_and_tracker_survive_a_state_dict_round_trip():
     rules(layer, method, layers, GS, step=0, w_next=W1)
     rules(layer, method, layers, GS, step=1, w_next=W3)
     sd = model.state_dict()
-    assert "0.method_state.weight_prev" in sd and "0.method_state.tracker" in sd
+    assert "0.sign_history.flipped" in sd and "0.method_state.ovsw.tracker" in sd
     fresh, fresh_layer, _, _ = ovsw_model(-W0)
     fresh.load_state_dict(sd)
-    assert torch.equal(fresh_layer.method_state.weight_prev, t(W1))
+    # what the next SAD compares: sign(W3) against the previous step's weights W1
+    assert torch.equal(fresh_layer.sign_history.flipped, t(sgn(W3) != sgn(W1)))
     expected = np.zeros((2, 4))
     expected[0, 1] = 0.001
-    torch.testing.assert_close(fresh_layer.method_state.tracker, t(expected), rtol=1e-9, atol=0)
+    torch.testing.assert_close(fresh_layer.method_state["ovsw"].tracker, t(expected), rtol=1e-9, atol=0)
     assert torch.equal(fresh_layer.weight.detach(), t(W3))
 
 
@@ -504,6 +508,7 @@ def test_metrics_pool_weights_and_channels_over_all_layers():
         state = TrainState(step=step, epoch=0, epochs=1)
         with torch.no_grad():
             l1.weight.copy_(t(w_now))
+        update_sign_history(layers)  # the (simulated) optimizer step that gave w_now
         l1.weight.grad, l2.weight.grad = t(GS), t(g2)
         method.before_optimizer_step(layers, state)
         metrics = method.after_optimizer_step(layers, state)

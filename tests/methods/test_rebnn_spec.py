@@ -25,6 +25,7 @@ from torch import nn
 
 import bnnkit
 from bnnkit.methods import TrainState, binarize_, binary_layers, get_method
+from bnnkit.nn import update_sign_history
 
 DT = torch.float64
 H = torch.tensor(
@@ -131,11 +132,12 @@ def one_step(model, method, layers, g, w_next, step: int):
     state = TrainState(step=step, epoch=0, epochs=1, progress=0.0, lr=0.1)
     method.on_step_start(layers, state)
     backward_with(model, g)
-    grad_max = layer.method_state.grad_max.detach().clone()
+    grad_max = layer.method_state["rebnn"].grad_max.detach().clone()
     method.before_optimizer_step(layers, state)
     grads = (layer.weight.grad.detach().clone(), layer.scale.alpha.grad.detach().clone())
     with torch.no_grad():
         layer.weight.copy_(t(w_next))
+    update_sign_history(layers)  # the engine's step: right after optimizer.step
     metrics = method.after_optimizer_step(layers, state)
     return grads, grad_max, metrics
 
@@ -195,12 +197,12 @@ def test_inputs_use_rsign_a_learnable_shift_with_approx_sign():
 def test_initial_buffers(mode):
     fields = {"gamma": FIXED} if mode == "fixed" else {"gamma": 0.3} if mode == "constant" else {}
     _, layer, _, _ = rebnn_model(gamma_mode=mode, **fields)
-    st = layer.method_state
-    assert torch.equal(st.prev_sign, t(sgn(W0)))
+    st = layer.method_state["rebnn"]
+    assert torch.equal(layer.sign_history.negative, t(W0) < 0)
     assert st.gamma.shape == (2,) and st.grad_max.shape == (2,)
     torch.testing.assert_close(st.gamma, t(GAMMAS[mode][0]), rtol=1e-12, atol=0)
     names = dict(layer.named_buffers())
-    for key in ("method_state.prev_sign", "method_state.gamma", "method_state.grad_max"):
+    for key in ("sign_history.negative", "method_state.rebnn.gamma", "method_state.rebnn.grad_max"):
         assert key in names
 
 
@@ -216,7 +218,7 @@ def test_paper_task_gradients_by_hand():
     torch.testing.assert_close(layer.weight.grad, expected_w, rtol=1e-12, atol=1e-15)
     # sum_j G_ij sign(w_ij): 0.1 + 0.4 + 0.2 - 0.3 and -0.05 + 0.02 - 0.5 - 0.01
     torch.testing.assert_close(layer.scale.alpha.grad, t([0.4, -0.54]), rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(layer.method_state.grad_max, t([0.4, 0.5]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(layer.method_state["rebnn"].grad_max, t([0.4, 0.5]), rtol=1e-12, atol=0)
 
 
 def test_official_task_gradients_by_hand():
@@ -228,7 +230,7 @@ def test_official_task_gradients_by_hand():
     torch.testing.assert_close(layer.weight.grad, expected_w, rtol=1e-12, atol=1e-15)
     # sign(alpha_raw) * sum_j G_ij w_ij (latent w): +(0.05 + 0.08 + 0.3 - 0.03), -(-0.315)
     torch.testing.assert_close(layer.scale.alpha.grad, t([0.4, 0.315]), rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(layer.method_state.grad_max, t([0.4, 0.5]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(layer.method_state["rebnn"].grad_max, t([0.4, 0.5]), rtol=1e-12, atol=0)
 
 
 # -- reconstruction gradients -------------------------------------------------------------------------
@@ -264,21 +266,21 @@ def test_official_reconstruction_gradients_by_hand_with_fixed_gamma():
 def test_paper_mode_three_steps_by_hand():
     model, layer, method, layers = rebnn_model()
     set_alpha(layer, PAPER_ALPHA)
-    st = layer.method_state
+    st = layer.method_state["rebnn"]
 
     (gw, ga), gmax, _ = one_step(model, method, layers, G1, W1, step=0)
     torch.testing.assert_close(gw, t([[0.05, -0.2, 0.0, 0.15], [-0.04, 0.016, 0.4, 0.0]]))
     torch.testing.assert_close(ga, t([0.4, -0.54]))  # gamma = 0: no reconstruction yet
     torch.testing.assert_close(gmax, t([0.4, 0.5]), rtol=1e-12, atol=0)
     torch.testing.assert_close(st.gamma, t([0.2, 0.0]), rtol=1e-12, atol=1e-15)  # 2/4*0.4, 0/4
-    assert torch.equal(st.prev_sign, t(sgn(W1)))
+    assert torch.equal(layer.sign_history.negative, t(W1) < 0)
 
     (gw, ga), gmax, _ = one_step(model, method, layers, G2, W2, step=1)
     torch.testing.assert_close(gw, t([[0.23, 0.11, 0.18, 0.21], [0.08, 0.16, 0.24, 0.0]]))
     torch.testing.assert_close(ga, t([0.05, 0.4]))
     torch.testing.assert_close(gmax, t([0.6, 0.4]), rtol=1e-12, atol=0)
     torch.testing.assert_close(st.gamma, t([0.15, 0.3]), rtol=1e-12, atol=1e-15)  # 1/4, 3/4
-    assert torch.equal(st.prev_sign, t(sgn(W2)))
+    assert torch.equal(layer.sign_history.negative, t(W2) < 0)
 
     (gw, ga), gmax, _ = one_step(model, method, layers, G3, W3, step=2)
     torch.testing.assert_close(
@@ -287,7 +289,7 @@ def test_paper_mode_three_steps_by_hand():
     torch.testing.assert_close(ga, t([0.0375, -0.21]), rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(gmax, t([0.0, 0.0]), rtol=0, atol=0)
     torch.testing.assert_close(st.gamma, t([0.0, 0.0]), rtol=0, atol=0)  # 4/4 flips * 0
-    assert torch.equal(st.prev_sign, t(sgn(W3)))
+    assert torch.equal(layer.sign_history.negative, t(W3) < 0)
 
 
 @pytest.mark.parametrize("variant", ["paper", "official_code"])
@@ -305,9 +307,9 @@ def test_every_gamma_mode_over_three_steps(mode, variant):
         torch.testing.assert_close(gw, t(ew), rtol=1e-10, atol=1e-14)
         torch.testing.assert_close(ga, t(ea), rtol=1e-10, atol=1e-14)
         torch.testing.assert_close(gmax, t(np.abs(g).max(1)), rtol=1e-12, atol=0)
-        got_gamma = layer.method_state.gamma
+        got_gamma = layer.method_state["rebnn"].gamma
         torch.testing.assert_close(got_gamma, t(GAMMAS[mode][k + 1]), rtol=1e-12, atol=1e-15)
-        assert torch.equal(layer.method_state.prev_sign, t(sgn(w_next)))
+        assert torch.equal(layer.sign_history.negative, t(w_next) < 0)
         assert {"rebnn/recon_loss", "rebnn/gamma"} <= set(metrics)
         for key in ("rebnn/recon_loss", "rebnn/gamma"):
             assert isinstance(metrics[key], torch.Tensor) and metrics[key].ndim == 0
@@ -352,7 +354,7 @@ def test_recon_loss_metric_uses_the_gamma_of_this_steps_before_hook():
     _, _, metrics = one_step(model, method, layers, G2, W1, step=1)
     # 0.2/2 * ||[0.4, 0.3, 0.9, -0.45]||^2 = 0.1 * 1.2625
     assert float(metrics["rebnn/recon_loss"]) == pytest.approx(0.12625, rel=1e-10)
-    torch.testing.assert_close(layer.method_state.gamma, t([0.0, 0.0]), rtol=0, atol=0)
+    torch.testing.assert_close(layer.method_state["rebnn"].gamma, t([0.0, 0.0]), rtol=0, atol=0)
 
 
 def test_recon_loss_metric_sums_over_layers():
@@ -392,12 +394,12 @@ def test_prev_sign_and_gamma_survive_a_state_dict_round_trip():
     one_step(model, method, layers, G1, W1, step=0)
     one_step(model, method, layers, G2, W2, step=1)
     sd = model.state_dict()
-    assert "0.method_state.prev_sign" in sd and "0.method_state.gamma" in sd
+    assert "0.sign_history.negative" in sd and "0.method_state.rebnn.gamma" in sd
     fresh, fresh_layer, _, _ = rebnn_model(w=-W0)
-    assert not torch.equal(fresh_layer.method_state.prev_sign, t(sgn(W2)))
+    assert not torch.equal(fresh_layer.sign_history.negative, t(W2) < 0)
     fresh.load_state_dict(sd)
-    assert torch.equal(fresh_layer.method_state.prev_sign, t(sgn(W2)))
-    torch.testing.assert_close(fresh_layer.method_state.gamma, t([0.15, 0.3]), rtol=1e-12, atol=0)
+    assert torch.equal(fresh_layer.sign_history.negative, t(W2) < 0)
+    torch.testing.assert_close(fresh_layer.method_state["rebnn"].gamma, t([0.15, 0.3]), rtol=1e-12, atol=0)
 
 
 # -- conv layers (4-D weights, per-output-channel over C_in x k x k) ----------------------------------
@@ -429,8 +431,8 @@ def test_conv_layer_gradients_and_gamma_against_the_reference(mode, variant):
     binarize_(model, method, filter_fn=ALL)
     layers = binary_layers(model)
     set_alpha(layer, alpha)
-    assert layer.method_state.prev_sign.shape == (3, 2, 3, 3)
-    assert layer.method_state.gamma.shape == (3,)
+    assert layer.sign_history.negative.shape == (3, 2, 3, 3)
+    assert layer.method_state["rebnn"].gamma.shape == (3,)
 
     x = torch.randn(2, 2, 5, 5, dtype=DT)
     r = torch.randn(2, 3, 5, 5, dtype=DT)
@@ -450,7 +452,7 @@ def test_conv_layer_gradients_and_gamma_against_the_reference(mode, variant):
         (model(x) * r).sum().backward()
         gk = _conv_dl_dwhat(scale, w_now, xb, r)
         torch.testing.assert_close(
-            layer.method_state.grad_max, t(np.abs(gk).max(1)), rtol=1e-12, atol=0
+            layer.method_state["rebnn"].grad_max, t(np.abs(gk).max(1)), rtol=1e-12, atol=0
         )
         method.before_optimizer_step(layers, state)
         ew, ea = ref_grads(variant, w_now.reshape(3, -1), alpha, gk, gammas[k])
@@ -460,12 +462,13 @@ def test_conv_layer_gradients_and_gamma_against_the_reference(mode, variant):
         torch.testing.assert_close(layer.scale.alpha.grad, t(ea), rtol=1e-9, atol=1e-13)
         with torch.no_grad():
             layer.weight.copy_(t(w1))  # step 0 flips signs, step 1 does not move
+        update_sign_history(layers)  # the engine's step: right after optimizer.step
         method.after_optimizer_step(layers, state)
         if k == 0:
             torch.testing.assert_close(
-                layer.method_state.gamma, t(gammas[1]), rtol=1e-10, atol=1e-15
+                layer.method_state["rebnn"].gamma, t(gammas[1]), rtol=1e-10, atol=1e-15
             )
-            assert torch.equal(layer.method_state.prev_sign, t(sgn(w1)))
+            assert torch.equal(layer.sign_history.negative, t(w1) < 0)
 
 
 # -- the Scale interface (what export and summaries fold) and accumulated gradients ---------------
@@ -498,7 +501,7 @@ def test_grad_max_is_of_the_steps_total_gradient_when_backward_runs_twice():
     backward_with(model, G1)
     out = model(H.clone())
     (out * (H @ t(G2).T / 4)).sum().backward()  # accumulate, no zero_grad
-    torch.testing.assert_close(layer.method_state.grad_max, t([0.9, 0.8]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(layer.method_state["rebnn"].grad_max, t([0.9, 0.8]), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bnnkit.methods import TrainState, list_methods
-from bnnkit.train.run import step_trainer
+from bnnkit.training import trainer_for
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,17 +24,17 @@ def test_training_step_has_no_host_sync(method):
         "method": {"name": method},
         "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 10},
     }
-    trainer = step_trainer(recipe, "cuda", trackers=True)
+    trainer = trainer_for(recipe, "cuda", trackers=True)
     x = torch.randn(32, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (32,), device="cuda")
     for step in range(2):  # warm-up: allocator, cuDNN algorithm choice
-        trainer._step(x, y, TrainState(step, 0, 1, 0.0, 0.1))
+        trainer.train_step(x, y, TrainState(step, 0, 1, 0.0, 0.1))
         trainer.progress.step += 1
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(2, 4):
-            trainer._step(x, y, TrainState(step, 0, 1, 0.0, 0.1))
+            trainer.train_step(x, y, TrainState(step, 0, 1, 0.0, 0.1))
             trainer.progress.step += 1
     finally:
         torch.cuda.set_sync_debug_mode("default")

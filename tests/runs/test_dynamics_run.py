@@ -20,7 +20,7 @@ from bnnkit.methods import binarize_, get_method
 from bnnkit.methods.recu import ReCUSign
 from bnnkit.models import create_model
 from bnnkit.nn import BinaryConv2d, BinaryLinear
-from bnnkit.train import load_checkpoint, train
+from bnnkit.runs import load_checkpoint, train
 
 METRICS = ("flip", "backforth", "dead", "silent", "qerr", "entropy")
 
@@ -96,8 +96,8 @@ def test_init_dump_and_histograms(ste_run):
     names = binary_names(recipe())
     assert list(init) == sorted(names) or set(init) == set(names)
     for n in names:
-        assert init[n].shape == ckpt["model"][f"{n}.weight"].shape
-        assert not torch.equal(init[n], ckpt["model"][f"{n}.weight"])  # trained since
+        assert init[n].shape == ckpt.model[f"{n}.weight"].shape
+        assert not torch.equal(init[n], ckpt.model[f"{n}.weight"])  # trained since
     lines = (ste_run / "dynamics" / "histograms.jsonl").read_text().splitlines()
     hists = [json.loads(x) for x in lines]
     assert sorted({h["epoch"] for h in hists}) == [0, 1, 2, 3]  # hist_every 1 + the start

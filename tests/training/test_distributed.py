@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from bnnkit.train import distributed, load_checkpoint, train
+from bnnkit.training import distributed
+from bnnkit.runs import load_checkpoint, train
 
 RECIPE = {
     "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
@@ -44,7 +45,7 @@ def test_two_processes_give_the_same_weights_as_one_with_the_same_global_batch(t
     single = train(RECIPE, out=tmp_path / "one")
     proc = torchrun(tmp_path, RECIPE, tmp_path / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = load_checkpoint(tmp_path / "one")["model"], load_checkpoint(tmp_path / "two")["model"]
+    a, b = load_checkpoint(tmp_path / "one").model, load_checkpoint(tmp_path / "two").model
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k

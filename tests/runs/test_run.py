@@ -12,9 +12,10 @@ from _helpers import events, merged
 from torch import nn
 
 import bnnkit
-from bnnkit.train import CheckpointError, NonFiniteLossError, load_checkpoint, train
-from bnnkit.train.checkpoint import atomic_save, load_model_state, load_stage_init
-from bnnkit.train.run import model_from_checkpoint
+from bnnkit.runs import CheckpointError, load_checkpoint, train
+from bnnkit.training import NonFiniteLossError
+from bnnkit.runs.checkpoint import Checkpoint, load_model_state, load_stage_init
+from bnnkit.runs import model_from_checkpoint
 
 BASE = {
     "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
@@ -60,8 +61,8 @@ def test_run_directory_contents(tmp_path):
     assert result.best_top1 > 50  # 4 classes: chance is 25%
     ckpt = load_checkpoint(run)
     assert (
-        ckpt["progress"]["epoch"] == 3
-        and ckpt["config"] == load_checkpoint(run / "checkpoints" / "best.pt")["config"]
+        ckpt.progress["epoch"] == 3
+        and ckpt.config == load_checkpoint(run / "checkpoints" / "best.pt").config
     )
 
 
@@ -80,7 +81,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one_step_for_step(
 
     with pytest.raises(KeyboardInterrupt):
         train(recipe(), out=tmp_path / "cut", callbacks=[stop_after_two])
-    assert load_checkpoint(tmp_path / "cut")["progress"]["epoch"] == 2
+    assert load_checkpoint(tmp_path / "cut").progress["epoch"] == 2
     resumed = train(resume=tmp_path / "cut")
     a, b = events(tmp_path / "full", "train"), events(tmp_path / "cut", "train")
     assert [(e["step"], e["loss"], e["lr"]) for e in a] == [
@@ -89,7 +90,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one_step_for_step(
     assert [e["top1"] for e in events(tmp_path / "full", "epoch")] == [
         e["top1"] for e in events(tmp_path / "cut", "epoch")
     ]
-    wa, wb = load_checkpoint(tmp_path / "full")["model"], load_checkpoint(tmp_path / "cut")["model"]
+    wa, wb = load_checkpoint(tmp_path / "full").model, load_checkpoint(tmp_path / "cut").model
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert resumed.final_top1 == full.final_top1
 
@@ -113,13 +114,13 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"epoch 2: the loss became NaN or infinite"):
         train(recipe(), out=tmp_path / "run", teacher=NaNAfter(11))
     ckpt = load_checkpoint(tmp_path / "run")
-    assert ckpt["progress"]["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert ckpt.progress["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt.model.values() if v.is_floating_point())
 
 
 def test_nan_stop_exits_1_from_the_cli(tmp_path, capsys, monkeypatch):
     from bnnkit.cli.main import main
-    from bnnkit.train import losses
+    from bnnkit.training import losses
 
     monkeypatch.setattr(
         losses.TaskLoss, "forward", lambda self, out, y, x: out.sum() * float("inf")
@@ -143,7 +144,7 @@ def test_two_stage_run(tmp_path):
     files = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
     assert files == {"last.pt", "best.pt", "step1-best.pt"}
     assert (
-        load_checkpoint(tmp_path / "run" / "checkpoints" / "step1-best.pt")["method"]["weights"]
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "step1-best.pt").method["weights"]
         == "float"
     )
     stages = [e["stage"] for e in events(tmp_path / "run", "epoch")]
@@ -184,20 +185,28 @@ def test_checkpoint_of_another_model_lists_the_mismatched_keys(tmp_path):
         bnnkit.create_model("mlp", in_features=12, hidden=16, num_classes=4), "reactnet"
     )
     with pytest.raises(
-        CheckpointError, match=r"shape mismatch \(19\): .*body\.0\.weight \(32, 32\) vs \(16, 16\)"
+        # 19 parameters and buffers, and the 2 sign-history buffers of each of the 2 binary layers
+        CheckpointError, match=r"shape mismatch \(23\): .*body\.0\.weight \(32, 32\) vs \(16, 16\)"
     ):
-        load_model_state(other, ckpt["model"], "that checkpoint")
+        load_model_state(other, ckpt.model, "that checkpoint")
     vgg = bnnkit.binarize_(bnnkit.create_model("vgg_small"), "reactnet")
     with pytest.raises(
         CheckpointError,
-        match=r"missing in the checkpoint \(41\): .*conv0\.weight.*not in the model \(21\): bn_in\.bias",
+        # 41 parameters and buffers plus 2 sign-history buffers for each of vgg_small's 5
+        # binary layers; 21 + 2 x 2 of the MLP's
+        match=r"missing in the checkpoint \(51\): .*conv0\.weight.*not in the model \(25\): bn_in\.bias",
     ):
-        load_model_state(vgg, ckpt["model"], "that checkpoint")
+        load_model_state(vgg, ckpt.model, "that checkpoint")
+
+
+def _checkpoint(stage_name: str) -> Checkpoint:
+    return Checkpoint(recipe={}, config={}, stage_index=0, stage_name=stage_name, model_spec={},
+                      method={"name": "ste"}, model={}, optimizer={}, progress={}, rng={})  # fmt: skip
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    atomic_save({"format": "old"}, path)
+    _checkpoint("old").save(path)
 
     def broken_save(obj, f):
         f.write(b"partial")
@@ -205,9 +214,9 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        atomic_save({"format": "new"}, path)
+        _checkpoint("new").save(path)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"format": "old"}
+    assert torch.load(path, weights_only=True)["stage_name"] == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
@@ -270,7 +279,7 @@ def test_resume_at_a_stage_boundary_matches_the_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(recipe(stages=stages), out=tmp_path / "cut", callbacks=[stop_after_step1])
     train(resume=tmp_path / "cut")
-    a, b = load_checkpoint(tmp_path / "full")["model"], load_checkpoint(tmp_path / "cut")["model"]
+    a, b = load_checkpoint(tmp_path / "full").model, load_checkpoint(tmp_path / "cut").model
     assert all(torch.equal(a[k], b[k]) for k in a)
     la, lb = events(tmp_path / "full", "train"), events(tmp_path / "cut", "train")
     assert [e["loss"] for e in la] == [e["loss"] for e in lb]

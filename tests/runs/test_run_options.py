@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bnnkit.train import load_checkpoint, train
+from bnnkit.runs import load_checkpoint, train
 
 RECIPE = {
     "data": {"name": "synthetic", "synthetic_shape": [3, 8, 8], "synthetic_classes": 4,
@@ -38,7 +38,7 @@ def test_amp_request_on_cpu_is_ignored_with_a_note(tmp_path, capsys):
 def test_torch_compile_run(tmp_path):
     result = train(with_(training={"compile": True}), out=tmp_path / "run")
     assert result.final_top1 > 40
-    assert not any(k.startswith("_orig_mod") for k in load_checkpoint(tmp_path / "run")["model"])
+    assert not any(k.startswith("_orig_mod") for k in load_checkpoint(tmp_path / "run").model)
 
 
 @pytest.mark.gpu
@@ -51,4 +51,4 @@ def test_cuda_amp_and_channels_last(tmp_path, amp):
     result = train(recipe, out=tmp_path / "run")
     assert result.best_top1 > 25
     ckpt = load_checkpoint(tmp_path / "run")
-    assert (ckpt["scaler"] is not None) == (amp == "fp16")
+    assert (ckpt.scaler is not None) == (amp == "fp16")

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import bnnkit
-from bnnkit.train.config import OptimizerConfig, ScheduleConfig
-from bnnkit.train.losses import TaskLoss, distribution_loss
-from bnnkit.train.optim import build_optimizer, lr_at, param_groups
+from bnnkit.config import OptimizerConfig, ScheduleConfig
+from bnnkit.training.losses import TaskLoss, distribution_loss
+from bnnkit.training.optim import build_optimizer, lr_at, param_groups
 
 
 def test_recu_cifar_schedule_hand_values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bnnkit.train.config import (
+from bnnkit.config import (
     ConfigError,
     apply_overrides,
     list_recipes,
