@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import bnnkit
+from bnnkit.errors import ConfigError
 from bnnkit.methods import binarize_, binary_layers
 from bnnkit.models import create_model, list_models, model_info
 from bnnkit.nn import BinaryConv2d, BinaryLinear
@@ -150,13 +151,14 @@ def test_reactnet_small_uniform_init_is_positive_and_small():
 
 
 def test_create_model_errors_name_the_fix():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet21'.*resnet20"):
+    # ConfigError (a ValueError): the option, the bad value and what is allowed
+    with pytest.raises(ConfigError, match=r"'resnet21' is not a known model; allowed: .*resnet20"):
         create_model("resnet21")
-    with pytest.raises(ValueError, match=r"no option\(s\) \['depth'\].*variant"):
+    with pytest.raises(ConfigError, match=r"depth: not an option of model resnet18_cifar; allowed: variant"):
         create_model("resnet18_cifar", depth=3)
-    with pytest.raises(ValueError, match="variant"):
+    with pytest.raises(ConfigError, match=r"variant = 'bnn' is not valid; allowed: 'recu', 'ovsw'"):
         create_model("resnet18_cifar", variant="bnn")
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ConfigError, match="num_classes = 0 must be a positive int"):
         create_model("resnet20", num_classes=0)
 
 

@@ -13,14 +13,20 @@ from torch import nn
 
 from bnnkit.cli.main import main
 from bnnkit.diagnostics import Dynamics
+from bnnkit.diagnostics import figures as figures_mod
 from bnnkit.diagnostics import report as report_mod
-from bnnkit.diagnostics.compare import CompareError, compare
-from bnnkit.diagnostics.report import ReportError, write_report
+from bnnkit.diagnostics.report import ReportError
+from bnnkit.diagnostics.report import write_report as write_parsed_report
 from bnnkit.methods import binarize_, get_method
 from bnnkit.methods.recu import ReCUSign
 from bnnkit.models import create_model
 from bnnkit.nn import BinaryConv2d, BinaryLinear
-from bnnkit.runs import load_checkpoint, train
+from bnnkit.runs import CompareError, compare, load_checkpoint, load_run, train
+
+
+def write_report(run_dir, out=None):
+    """What ``bnnkit report RUN_DIR`` does: parse the run directory, write its report."""
+    return write_parsed_report(load_run(run_dir), out)
 
 METRICS = ("flip", "backforth", "dead", "silent", "qerr", "entropy")
 
@@ -201,13 +207,13 @@ def test_report_writes_markdown_and_every_figure(ste_run, tmp_path):
     }  # fmt: skip
     for f in figures:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"figures/{f.name}" in text
-    split = report_mod.silent_split(report_mod.load_run(ste_run))
+    split = figures_mod.silent_split(load_run(ste_run))
     epochs = events(ste_run, "epoch")
     assert split["percent"] == pytest.approx(100 * epochs[-1][f"dyn/silent/{names[-1]}"])
 
 
 def test_report_without_matplotlib_keeps_the_tables(ste_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(report_mod, "_pyplot", lambda: None)
+    monkeypatch.setattr(report_mod, "pyplot", lambda: None)
     report, figures = write_report(ste_run, tmp_path / "rep")
     assert figures == [] and "bnnkit[plot]" in report.read_text()
 
