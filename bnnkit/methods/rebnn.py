@@ -48,7 +48,8 @@ class ReBNNState(nn.Module):
         self.register_buffer(
             "recon_loss", torch.zeros((), dtype=w.dtype, device=w.device), persistent=False
         )
-        self.history_seen: int | None = None  # the sign-history update count read last
+        # the sign history's update count at this step's before hook (None before the first)
+        self.history_seen: int | None = None
 
 
 class _OfficialReBNNWeight(torch.autograd.Function):
@@ -215,7 +216,8 @@ class ReBNN(Method):
         return out
 
     def before_optimizer_step(self, layers: LayerList, state: TrainState) -> None:
-        for layer, st, _ in self._layers(layers):
+        for layer, st, history in self._layers(layers):
+            st.history_seen = history.updates  # the after hook needs an update after the step
             if layer.weight.grad is not None:
                 self._reconstruct(layer, st)
 
@@ -249,7 +251,7 @@ class ReBNN(Method):
     def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
         found = self._layers(layers)
         for _, st, history in found:
-            st.history_seen = history.checked(st.history_seen, "rebnn")
+            history.checked(st.history_seen, "rebnn")  # updated after this step's optimizer step
             if self.gamma_mode == "paper":  # the fraction of channel i's weights that flipped
                 flips = history.flipped.to(st.gamma.dtype).flatten(1).mean(1)
                 st.gamma.copy_(flips * st.grad_max)

@@ -39,9 +39,18 @@ from bnnkit.training import Trainer, build_optimizer
 
 NAMES: list[str] = list(bnnkit.list_methods())
 LR = 0.05
-NUM_CLASSES = 4
-SHAPE = (3, 8, 8)
 BATCH = 8
+# Two small models: resnet20 on 3x8x8 (BinaryConv2d, where AGS norms are over C_in*k*k) for the
+# gradient checks, and a 2-hidden-layer binary MLP on 12 features (BinaryLinear, fast) for the
+# structural checks over every pair.
+MODELS: dict[str, dict[str, Any]] = {
+    "resnet20": {"kwargs": {"num_classes": 4}, "shape": (3, 8, 8), "classes": 4},
+    "mlp": {
+        "kwargs": {"num_classes": 3, "in_features": 12, "hidden": 16},
+        "shape": (12,),
+        "classes": 3,
+    },
+}
 
 # Hyperparameters of the rule parts in the gradient checks: large enough to be visible.
 OVSW_FIELDS = {"delta": 0.5, "lam": 1e-2}
@@ -73,15 +82,16 @@ REFUSED = [(a, b) for a, b in ALL_PAIRS if not should_compose(a, b)]
 # -- the real engine, one step -------------------------------------------------------------------
 
 
-def recipe_for(method: Method) -> dict[str, Any]:
+def recipe_for(method: Method, model: str) -> dict[str, Any]:
+    spec = MODELS[model]
     return {
         "data": {
             "name": "synthetic",
-            "synthetic_shape": list(SHAPE),
-            "synthetic_classes": NUM_CLASSES,
+            "synthetic_shape": list(spec["shape"]),
+            "synthetic_classes": spec["classes"],
             "batch_size": BATCH,
         },
-        "model": {"name": "resnet20"},
+        "model": {"name": model, **{k: v for k, v in spec["kwargs"].items() if k != "num_classes"}},
         "method": method.to_config(),
         "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9, "weight_decay": 0.0},
         "training": {"epochs": 1},
@@ -92,12 +102,11 @@ def recipe_for(method: Method) -> dict[str, Any]:
 class Run:
     """A stage, a freshly built model, its optimizer (step recorded) and the engine's Trainer."""
 
-    def __init__(self, method: Method) -> None:
-        self.stage = load_recipe(recipe_for(method)).stages[0]
+    def __init__(self, method: Method, model: str = "resnet20") -> None:
+        self.stage = load_recipe(recipe_for(method, model)).stages[0]
         self.method = self.stage.method
-        self.model = binarize_(
-            bnnkit.create_model("resnet20", num_classes=NUM_CLASSES), self.method
-        )
+        self.model = binarize_(bnnkit.create_model(model, **MODELS[model]["kwargs"]), self.method)
+        self.model_name = model
         self.opt = build_optimizer(self.model, self.method, self.stage.optimizer)
         self.trainer = Trainer(self.stage, self.model, self.opt)
         self.layers = bnnkit.binary_layers(self.model)
@@ -121,15 +130,16 @@ class Run:
 
         self.opt.step = step
 
+    def batch(self, seed: int) -> tuple[Tensor, Tensor]:
+        """A fixed batch for this run's model."""
+        spec = MODELS[self.model_name]
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(BATCH, *spec["shape"], generator=g)
+        y = torch.randint(0, spec["classes"], (BATCH,), generator=g)
+        return x, y
+
     def step(self, x: Tensor, y: Tensor, state: TrainState) -> Any:
         return self.trainer.train_step(x, y, state)
-
-
-def batch(seed: int) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(BATCH, *SHAPE, generator=g)
-    y = torch.randint(0, NUM_CLASSES, (BATCH,), generator=g)
-    return x, y
 
 
 def state_at(step: int) -> TrainState:
@@ -141,12 +151,12 @@ def scale_types(layer: nn.Module) -> set[type]:
 
 
 @functools.cache
-def alone(name: str) -> dict[str, Any]:
+def alone(name: str, model: str = "mlp") -> dict[str, Any]:
     """What ``name`` alone builds and reports after one real step (metric keys, per-layer state
     types, binarizer and scale types of the first binary layer)."""
     torch.manual_seed(0)
-    run = Run(get_method(name))
-    result = run.step(*batch(1), state_at(0))
+    run = Run(get_method(name), model)
+    result = run.step(*run.batch(1), state_at(0))
     _, layer = run.layers[0]
     ms = layer.method_state
     return {
@@ -181,25 +191,30 @@ def test_every_ordered_pair_composes_per_the_rule_or_is_refused(top: str, base: 
     under its name, every part's alone-metrics, sign histories updated, latent weights moved."""
     expected = should_compose(top, base)
     if not expected:
-        with pytest.raises(ConfigError) as info:
-            get_method({"name": top, "base": base})
-        assert isinstance(info.value, ValueError)
-        assert_refusal_names(info.value, top, base)
+        for build in (
+            lambda: get_method({"name": top, "base": base}),
+            lambda: get_method(top, base=base),
+            lambda: get_method(top, base=get_method(base)),
+        ):
+            with pytest.raises(ConfigError) as info:
+                build()
+            assert isinstance(info.value, ValueError)
+            assert_refusal_names(info.value, top, base)
         return
     try:
         method = get_method({"name": top, "base": base})
-    except ConfigError as err:  # pragma: no cover - the failure message is the point
+    except ConfigError as err:
         pytest.fail(f"{top} on {base} should compose (rule) but was refused: {err}")
     assert [p.name for p in method.parts()] == [base, top]
     assert method.binarizes_weights
 
     torch.manual_seed(0)
-    run = Run(method)
+    run = Run(method, "mlp")
     assert run.method == method
     before = {n: lay.weight.detach().clone() for n, lay in run.layers}
     neg_before = {n: lay.sign_history.negative.clone() for n, lay in run.layers}
     updates_before = {n: lay.sign_history.updates for n, lay in run.layers}
-    result = run.step(*batch(1), state_at(0))
+    result = run.step(*run.batch(1), state_at(0))
 
     assert result.loss.ndim == 0 and torch.isfinite(result.loss)
     want_state = {**alone(base)["state"], **alone(top)["state"]}
@@ -209,6 +224,7 @@ def test_every_ordered_pair_composes_per_the_rule_or_is_refused(top: str, base: 
     assert want_metrics <= set(result.metrics), sorted(result.metrics)
     for key, value in result.metrics.items():
         assert torch.is_tensor(value) and value.ndim == 0, key
+        assert key.split("/")[0] in {base, top}, f"{key} is not named <part>/<metric>"
     b = alone(base)
     for name, layer in run.layers:
         assert type(layer.weight_binarizer) is b["weight_binarizer"], name
@@ -298,11 +314,13 @@ def with_rule_fields(spec: str | dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-GRAD_CASES: list[Any] = (
-    [n for n in NAMES if binarizes(n)]  # every method alone (baselines: no rule at all)
-    + [{"name": a, "base": b} for a, b in COMPOSABLE]
-    + [{"name": "ovsw", "base": {"name": "rebnn", "base": "reactnet"}}]
-    + [{"name": "rebnn", "base": {"name": "ovsw", "base": "recu"}}]
+GRAD_CASES: list[tuple[Any, str]] = (
+    # every binarizing method alone: the rule methods on resnet20; the baselines (no rule: the
+    # raw gradient) on the fast MLP
+    [(n, "resnet20" if adds_rules(n) else "mlp") for n in NAMES if binarizes(n)]
+    + [({"name": a, "base": b}, "resnet20") for a, b in COMPOSABLE]
+    + [({"name": "ovsw", "base": {"name": "rebnn", "base": "reactnet"}}, "resnet20")]
+    + [({"name": "rebnn", "base": {"name": "ovsw", "base": "recu"}}, "resnet20")]
 )
 
 
@@ -326,7 +344,6 @@ def reference_grads(
     x: Tensor,
     y: Tensor,
     state: TrainState,
-    trackers: dict[str, Tensor] | None = None,
     flipped: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
     """On a deep copy of ``model`` (as it is before the step): the method's schedules
@@ -351,7 +368,7 @@ def reference_grads(
             ga = a.grad.detach().double()
             raw[f"{name}.scale.{a_name}"] = ga.float()
         flips = flipped[name] if flipped else torch.zeros_like(w, dtype=torch.bool)
-        tracker = trackers[name] if trackers else torch.zeros_like(w)
+        tracker = torch.zeros_like(w)  # before the update: 0 at steps 0 and 1 (no flips at 0)
         for part in method.parts():
             if part.name == "ovsw":
                 g, scaled[name] = ref_ags(g, w, part.delta)
@@ -382,8 +399,10 @@ def test_every_method_that_adds_rules_has_a_reference_here() -> None:
     assert {n for n in NAMES if adds_rules(n)} <= set(REFERENCES)
 
 
-@pytest.mark.parametrize("spec", GRAD_CASES, ids=[case_id(s) for s in GRAD_CASES])
-def test_first_step_gradient_is_every_parts_rule_base_first(spec: Any) -> None:
+@pytest.mark.parametrize(
+    ("spec", "model"), GRAD_CASES, ids=[f"{case_id(s)}-{m}" for s, m in GRAD_CASES]
+)
+def test_first_step_gradient_is_every_parts_rule_base_first(spec: Any, model: str) -> None:
     """The gradient the optimizer uses at step 0 (recorded at optimizer.step) equals the raw
     task gradient (cross-entropy, deep copy of the model) with every part's rule applied base
     first: ReBNN γ(w − ŵ) (Eq. 3.144, fixed γ = 0.05) and its α term (Eq. 3.151-3.152); OvSW
@@ -391,8 +410,8 @@ def test_first_step_gradient_is_every_parts_rule_base_first(spec: Any) -> None:
     §4.3). A plain baseline: the raw gradient, untouched."""
     method = get_method(with_rule_fields(spec))
     torch.manual_seed(0)
-    run = Run(method)
-    x, y = batch(1)
+    run = Run(method, model)
+    x, y = run.batch(1)
     expected, raw, scaled = reference_grads(run.model, method, x, y, state_at(0))
     result = run.step(x, y, state_at(0))
     assert result.extras == {}  # the task loss is the whole loss
@@ -405,7 +424,15 @@ def test_first_step_gradient_is_every_parts_rule_base_first(spec: Any) -> None:
         assert any(s.any() for s in scaled.values()), "AGS scaled no channel: test too weak"
 
 
-OVSW_CASES = [s for s in GRAD_CASES if any(p.name == "ovsw" for p in get_method(s).parts())]
+# Representative ovsw cases for two steps: alone, on a base whose sign is not sign(w) (recu), in
+# both orders with rebnn, and three deep.
+OVSW_CASES = [
+    "ovsw",
+    {"name": "ovsw", "base": "recu"},
+    {"name": "ovsw", "base": "rebnn"},
+    {"name": "rebnn", "base": "ovsw"},
+    {"name": "ovsw", "base": {"name": "rebnn", "base": "reactnet"}},
+]
 
 
 @pytest.mark.parametrize("spec", OVSW_CASES, ids=[case_id(s) for s in OVSW_CASES])
@@ -418,12 +445,12 @@ def test_second_step_sad_reads_the_flips_of_the_first_step(spec: Any) -> None:
     torch.manual_seed(0)
     run = Run(method)
     neg0 = {n: lay.sign_history.negative.clone() for n, lay in run.layers}
-    run.step(*batch(1), state_at(0))
+    run.step(*run.batch(1), state_at(0))
     flipped = {n: lay.sign_history.negative != neg0[n] for n, lay in run.layers}
     assert sum(int(f.sum()) for f in flipped.values()) > 0, "no flip at step 0: test too weak"
     for n, lay in run.layers:
         assert torch.equal(lay.sign_history.flipped, flipped[n]), n
-    x, y = batch(2)
+    x, y = run.batch(2)
     expected, _, _ = reference_grads(run.model, method, x, y, state_at(1), flipped=flipped)
     run.step(x, y, state_at(1))
     assert len(run.seen) == 2
@@ -444,7 +471,7 @@ def test_the_order_of_the_rules_matters_and_is_base_first(spec: dict, order: str
     method = get_method(with_rule_fields(spec))
     torch.manual_seed(0)
     run = Run(method)
-    x, y = batch(1)
+    x, y = run.batch(1)
     expected, _, _ = reference_grads(run.model, method, x, y, state_at(0))
     reversed_method = _Reversed(method)
     wrong, _, _ = reference_grads(run.model, reversed_method, x, y, state_at(0))
@@ -480,8 +507,8 @@ def test_three_part_composition_builds_and_steps() -> None:
     method = get_method(THREE)
     assert [p.name for p in method.parts()] == ["reactnet", "rebnn", "ovsw"]
     torch.manual_seed(0)
-    run = Run(method)
-    result = run.step(*batch(1), state_at(0))
+    run = Run(method, "mlp")
+    result = run.step(*run.batch(1), state_at(0))
     assert torch.isfinite(result.loss)
     want = set().union(*(alone(p.name)["metrics"] for p in method.parts()))
     assert want <= set(result.metrics)

@@ -370,7 +370,8 @@ def test_recon_loss_metric_sums_over_layers():
     method.on_step_start(layers, state)
     model(torch.randn(5, 4, dtype=DT)).square().sum().backward()
     method.before_optimizer_step(layers, state)
-    metrics = method.after_optimizer_step(layers, state)  # no optimizer step: lr = 0
+    update_sign_history(layers)  # the engine's step (no optimizer step: lr = 0)
+    metrics = method.after_optimizer_step(layers, state)
     expected = sum(
         ref_recon_loss(
             "paper",
