@@ -6,7 +6,7 @@ Usage (on a machine with CUDA)::
     python benchmarks/gpu.py                               # both models, every method
     python benchmarks/gpu.py --models resnet18 --methods ste,recu --no-compile
 
-Each configuration: the engine's step (``StageTrainer._step``) with ``training.amp=bf16`` and
+Each configuration: the engine's step (``Trainer.train_step``) with ``training.amp=bf16`` and
 ``channels_last``, compiled unless ``--no-compile``; warm-up steps (compilation), then the
 median of ``--steps`` timed steps (CUDA-synchronised), alternating configurations over
 ``--rounds``; images/s = batch / median step time; ratio = method step / float step. Rows go

@@ -7,7 +7,7 @@ Usage::
     python benchmarks/train_step.py --device cuda --model resnet18_cifar --batch 256
 
 Each configuration (method x trackers off/on) gets its own model and optimizer and runs the
-engine's own step (:meth:`bnnkit.train.engine.StageTrainer._step`: method hooks, trackers,
+engine's own step (:meth:`bnnkit.training.Trainer.train_step`: method hooks, trackers,
 SGD) on one fixed random batch. Configurations are measured **alternately**: every round runs
 ``--steps`` timed steps of each configuration in turn, so slow phases of a noisy machine hit
 all of them alike; the figure is the median step time over all rounds. Ratios are against
@@ -27,15 +27,14 @@ import torch
 from _common import append_record
 
 from bnnkit.methods import list_methods
-from bnnkit.training.engine import StageTrainer
-from bnnkit.training import trainer_for
+from bnnkit.training import Trainer, trainer_for
 
 DEFAULT_METHODS = ("ste", "xnor", "bireal", "irnet", "reactnet", "recu", "rebnn", "ovsw")
 
 
 def make_trainer(
     method: str, model_name: str, trackers: bool, device: torch.device
-) -> StageTrainer:
+) -> Trainer:
     recipe = {
         "model": {"name": model_name},
         "method": {"name": method},
@@ -46,7 +45,7 @@ def make_trainer(
 
 
 def timed_step(
-    trainer: StageTrainer, x: torch.Tensor, y: torch.Tensor, device: torch.device
+    trainer: Trainer, x: torch.Tensor, y: torch.Tensor, device: torch.device
 ) -> float:
     from bnnkit.methods import TrainState
 
@@ -61,7 +60,7 @@ def timed_step(
     return time.perf_counter() - t0
 
 
-def training_memory(trainer: StageTrainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+def training_memory(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
     """Bytes a training step holds at its peak, the end of the forward pass: parameters,
     gradients, optimizer state, trackers, and every tensor saved for the backward (unique
     storages, counted with ``saved_tensors_hooks``). Deterministic, so ratios need no repeats;

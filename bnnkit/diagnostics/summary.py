@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnnkit.errors import ConfigError
 from bnnkit.nn import BinaryLayer
 
 
@@ -170,14 +171,18 @@ def summary(
     Args:
         model: any ``nn.Module``; bnnkit binary layers count as binary where a binarizer is
             attached (a bnnkit model without a method is full precision).
-        input_size: one sample's shape without batch, e.g. ``(3, 32, 32)``.
+        input_size: one sample's shape, ``(C, H, W)`` (``(features,)`` for a linear
+            model), or with the batch first, ``(N, C, H, W)`` as torchinfo takes it. Which one
+            is meant is read from the model's first conv or linear layer (a conv takes
+            ``(C, H, W)`` samples); the figures are per sample either way (the papers' OPs
+            are per image), so ``N`` only sets the batch of the shape-finding pass.
         device: where to run the pass (default: the model's parameters' device).
         print_table: also print the table.
     """
     if not input_size or not all(isinstance(d, int) and d > 0 for d in input_size):
-        raise ValueError(
-            f"input_size must be positive ints without the batch dim, got {input_size}"
-        )
+        raise ConfigError("must be positive ints, (C, H, W) or (N, C, H, W)",
+                          location=("input_size",), value=input_size)  # fmt: skip
+    batch, sample = _split_batch(model, tuple(input_size))
     ref = next(iter(model.parameters()), None)
     device = device or (ref.device if ref is not None else "cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
@@ -188,7 +193,7 @@ def summary(
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+            model(torch.zeros(batch, *sample, device=device, dtype=dtype))
     finally:
         model.train(was_training)
         for h in handles:
@@ -196,10 +201,23 @@ def summary(
     layers = [_summarize_layer(n, m, shapes[n]) for n, m in targets if n in shapes]
     counted = {id(p) for _, m in targets for p in m.parameters()}
     other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    result = ModelSummary(layers, other, tuple(input_size), title=type(model).__name__)
+    result = ModelSummary(layers, other, sample, title=type(model).__name__)
     if print_table:
         print(result)
     return result
+
+
+def _split_batch(model: nn.Module, size: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """``(batch, sample shape)``: a conv model's samples are ``(C, H, W)``, a linear model's
+    ``(features,)``; one more leading dimension is the batch."""
+    layers = (m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)))
+    first = next(layers, None)
+    if first is None:
+        return 1, size
+    sample_ndim = 3 if isinstance(first, nn.Conv2d) else 2 if isinstance(first, nn.Conv1d) else 1
+    if len(size) == sample_ndim + 1:
+        return size[0], size[1:]
+    return 1, size
 
 
 def _shape_hook(shapes: dict[str, tuple[int, ...]], name: str):

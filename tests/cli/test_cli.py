@@ -61,3 +61,27 @@ def test_python_dash_m_entry_point():
         check=False,
     )
     assert proc.returncode == 0 and "reactnet" in proc.stdout
+
+
+def test_only_user_errors_become_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """The CLI turns bnnkit's user errors (BnnkitError) into one line and their exit status;
+    any other exception (an internal bug, even a ValueError) propagates with its traceback."""
+    from bnnkit.cli import listing
+    from bnnkit.errors import BnnkitError, ConfigError
+    from bnnkit.training import NonFiniteLossError
+
+    def raising(error):
+        def run(args):
+            raise error
+
+        return run
+
+    for error, status in [(ConfigError("is bad", location=("a", "b"), value=1), 2),
+                          (NonFiniteLossError("diverged"), 1), (BnnkitError("plain"), 2)]:  # fmt: skip
+        monkeypatch.setattr(listing, "run", raising(error))
+        parser_run = main(["list", "models"])
+        err = capsys.readouterr().err
+        assert parser_run == status and err == f"bnnkit: error: {error}\n"
+    monkeypatch.setattr(listing, "run", raising(ValueError("an internal bug")))
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["list", "models"])

@@ -466,3 +466,23 @@ def test_model_d_binarizer_and_scale_parameters():
     assert len(s.layers) == 1
     check_layer(s.layers[0], D_CONV)
     check_totals(s, D_TOTALS)
+
+
+@pytest.mark.parametrize(
+    ("model", "sample", "batched"),
+    [("resnet20", (3, 32, 32), (1, 3, 32, 32)), ("resnet20", (3, 32, 32), (8, 3, 32, 32)),
+     ("mlp", (64,), (4, 64))],
+)  # fmt: skip
+def test_input_size_takes_the_sample_shape_or_the_batched_one(model, sample, batched):
+    """``(C, H, W)`` and torchinfo's ``(N, C, H, W)`` give the same per-sample figures."""
+    net = bnnkit.binarize_(bnnkit.create_model(model), "reactnet")
+    a, b = bnnkit.summary(net, input_size=sample), bnnkit.summary(net, input_size=batched)
+    assert a.input_size == b.input_size == sample
+    assert (a.ops, a.to_dict()["layers"]) == (b.ops, b.to_dict()["layers"])
+    assert a.ops > 0
+
+
+def test_input_size_errors_name_the_argument():
+    net = bnnkit.binarize_(bnnkit.create_model("resnet20"), "ste")
+    with pytest.raises(bnnkit.ConfigError, match=r"input_size = \(3, 0, 32\) must be positive"):
+        bnnkit.summary(net, input_size=(3, 0, 32))
