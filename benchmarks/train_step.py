@@ -32,9 +32,7 @@ from bnnkit.training import Trainer, trainer_for
 DEFAULT_METHODS = ("ste", "xnor", "bireal", "irnet", "reactnet", "recu", "rebnn", "ovsw")
 
 
-def make_trainer(
-    method: str, model_name: str, trackers: bool, device: torch.device
-) -> Trainer:
+def make_trainer(method: str, model_name: str, trackers: bool, device: torch.device) -> Trainer:
     recipe = {
         "model": {"name": model_name},
         "method": {"name": method},
@@ -44,9 +42,7 @@ def make_trainer(
     return trainer_for(recipe, device, trackers=trackers)
 
 
-def timed_step(
-    trainer: Trainer, x: torch.Tensor, y: torch.Tensor, device: torch.device
-) -> float:
+def timed_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
     from bnnkit.methods import TrainState
 
     state = TrainState(trainer.progress.step, 0, 1, 0.5, 0.01)

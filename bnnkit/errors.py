@@ -70,7 +70,11 @@ class ConfigError(BnnkitError, ValueError):
     def _message(self) -> str:
         head = ".".join(self.location)
         if self.has_value:
-            text = f"{head} = {self.value!r} {self.problem}" if head else f"{self.value!r} {self.problem}"
+            text = (
+                f"{head} = {self.value!r} {self.problem}"
+                if head
+                else f"{self.value!r} {self.problem}"
+            )
         else:
             text = f"{head}: {self.problem}" if head else self.problem
         return f"{text}; allowed: {self.allowed}" if self.allowed else text

@@ -76,7 +76,9 @@ def _violations(root: Path = ROOT) -> list[str]:
         pkg = _package(path, root)
         if pkg in ENTRY_POINTS:
             continue
-        assert pkg in RANK, f"{path} is in no layer: add its package to LAYERS (and the design notes)"
+        assert pkg in RANK, (
+            f"{path} is in no layer: add its package to LAYERS (and the design notes)"
+        )
         module = ".".join(["bnnkit", *path.relative_to(root).with_suffix("").parts])
         where = path.relative_to(root.parent)
         for line, target in _imported(ast.parse(path.read_text()), module):

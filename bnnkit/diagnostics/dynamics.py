@@ -53,42 +53,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnnkit.diagnostics.weights import laplace_entropy, quantization_error, signed_tensor
 from bnnkit.errors import ConfigError
 from bnnkit.nn import BinaryLayer, SignHistory
 
 INT16_MAX = 32767
-
-
-# -- pure functions ---------------------------------------------------------------------------------
-
-
-def quantization_error(w: Tensor) -> Tensor:
-    r"""Quantization error of the best per-channel scaled sign of ``w`` (0-d tensor).
-
-    :math:`\frac1n\sum_i (w_i - \alpha_{c(i)}\,\mathrm{sign}(w_i))^2` with
-    :math:`\alpha_c = \mathrm{mean}_{i \in c}|w_i|` over output channel ``c`` (dim 0), the
-    scale that minimises the error (XNOR-Net), and sign(0) = +1.
-    """
-    w = w.detach().float()
-    flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
-    alpha = flat.abs().mean(dim=1, keepdim=True)
-    s = torch.where(flat >= 0, 1.0, -1.0)
-    return (flat - alpha * s).square().mean()
-
-
-def laplace_entropy(w: Tensor) -> Tensor:
-    r"""Differential entropy of a Laplace fit of ``w``: :math:`1 + \ln(2\hat b)`,
-    :math:`\hat b = \mathrm{mean}|w|` (the maximum-likelihood scale; ReCU §2.5). 0-d tensor."""
-    return 1.0 + torch.log(2.0 * w.detach().float().abs().mean())
-
-
-def signed_tensor(module: nn.Module) -> Tensor:
-    """What a tracked module's weight sign is taken of: a binary layer's
-    :meth:`~bnnkit.nn.BinaryLayer.sign_input`, else the module's ``.weight`` (detached)."""
-    with torch.no_grad():
-        if isinstance(module, BinaryLayer) and module.weight_binarizer is not None:
-            return module.sign_input().detach()
-        return module.weight.detach()
 
 
 def _decode(v: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,7 +113,9 @@ class Dynamics(nn.Module):
                 if isinstance(m, BinaryLayer) and m.weight_binarizer is not None
             ]
         else:
-            weighted = [n for n, m in modules.items() if isinstance(getattr(m, "weight", None), Tensor)]
+            weighted = [
+                n for n, m in modules.items() if isinstance(getattr(m, "weight", None), Tensor)
+            ]
             unknown = [n for n in layers if n not in modules]
             if unknown:
                 raise ConfigError(
@@ -153,7 +124,9 @@ class Dynamics(nn.Module):
                 )  # fmt: skip
             no_weight = [n for n in layers if n not in weighted]
             if no_weight:
-                raise ConfigError("have no .weight tensor to track", location=("layers",), value=no_weight)
+                raise ConfigError(
+                    "have no .weight tensor to track", location=("layers",), value=no_weight
+                )
             chosen = [(n, modules[n]) for n in layers]
         if not chosen:
             raise ConfigError(
@@ -216,7 +189,9 @@ class Dynamics(nn.Module):
         """Each layer's sign now (``True`` = negative), from its sign history: a shared history
         the loop did not update since the last read, and a private one, are updated here."""
         out = []
-        for i, (module, history) in enumerate(zip(self._modules_tracked, self._histories, strict=True)):
+        for i, (module, history) in enumerate(
+            zip(self._modules_tracked, self._histories, strict=True)
+        ):
             if not self._shared[i] or history.updates == self._seen[i]:
                 history.update(signed_tensor(module))
             self._seen[i] = history.updates
@@ -233,6 +208,10 @@ class Dynamics(nn.Module):
         self.updates.zero_()
         self._clear("win")
         self._clear("ep")
+
+    def clear_window(self) -> None:
+        """Start a new window of :meth:`step_metrics` (the epoch means are kept)."""
+        self._clear("win")
 
     def _clear(self, prefix: str) -> None:
         """Zero the window (``win``) or epoch (``ep``) accumulators."""
@@ -409,26 +388,3 @@ class Dynamics(nn.Module):
             out[f"{n}/last_flip"] = last[n].cpu().contiguous()
             out[f"{n}/sign"] = signs[n].cpu().contiguous()
         return out
-
-
-class FlipRatio:
-    """larq-style flip ratio for your own training loop.
-
-    ``update_state()`` after each optimizer step; ``result()`` gives, per layer and ``all``,
-    the mean fraction of weights whose sign changed at an update, since the last
-    ``reset_states()``. Each update compares to the previous update's signs.
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None) -> None:
-        self.tracker = Dynamics(model, layers)
-
-    def update_state(self) -> None:
-        self.tracker.update()
-
-    def result(self) -> dict[str, float]:
-        m = self.tracker.step_metrics(reset=False)
-        prefix = "flip/"
-        return {k[len(prefix) :]: float(v) for k, v in m.items() if k.startswith(prefix)}
-
-    def reset_states(self) -> None:
-        self.tracker._clear("win")

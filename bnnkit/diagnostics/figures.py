@@ -190,7 +190,8 @@ def figure_heatmap(run: RunData, plt: Any, out: Path) -> Path | None:
         return None
     epochs = [e for e in run.epochs if e["stage"] == stage]
     grid = [
-        [100 * float(e.get(N.dyn_key(N.OSCILLATION, n), float("nan"))) for e in epochs] for n in layers
+        [100 * float(e.get(N.dyn_key(N.OSCILLATION, n), float("nan"))) for e in epochs]
+        for n in layers
     ]
     fig, ax = plt.subplots(figsize=(max(6.4, 0.25 * len(epochs) + 3), max(3.0, 0.28 * len(layers) + 1.5)))  # fmt: skip
     im = ax.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest",

@@ -239,9 +239,7 @@ def get_method(spec: str | Method | dict[str, Any], **fields: Any) -> Method:
     if isinstance(spec, dict):
         spec = dict(spec)
         if "name" not in spec:
-            raise ConfigError(
-                "needs a 'name' key", value=spec, allowed=", ".join(list_methods())
-            )
+            raise ConfigError("needs a 'name' key", value=spec, allowed=", ".join(list_methods()))
         name = spec.pop("name")
         return get_method(name, **{**spec, **fields})
     base = fields.pop("base", None)

@@ -44,7 +44,9 @@ from bnnkit.methods.base import Method, TrainState
 from bnnkit.nn import BinaryLayer, LayerList
 
 
-def _merge(parts: tuple[Method, ...], results: list[dict[str, Tensor]], what: str) -> dict[str, Tensor]:
+def _merge(
+    parts: tuple[Method, ...], results: list[dict[str, Tensor]], what: str
+) -> dict[str, Tensor]:
     merged: dict[str, Tensor] = {}
     owner: dict[str, str] = {}
     for part, values in zip(parts, results, strict=True):
@@ -151,4 +153,3 @@ def compose(top: Method, base: Method) -> Composed:
         if why is not None:
             raise ConfigError(f"cannot compose {upper.name} on {bottom.name}: {why}")
     return Composed(members)
-

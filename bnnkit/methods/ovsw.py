@@ -73,7 +73,13 @@ def ags_(grad: Tensor, weight: Tensor, delta: float) -> Tensor:
 
 
 def sad_(
-    grad: Tensor, weight: Tensor, tracker: Tensor, flipped: Tensor, lam: float, m: float, theta: float
+    grad: Tensor,
+    weight: Tensor,
+    tracker: Tensor,
+    flipped: Tensor,
+    lam: float,
+    m: float,
+    theta: float,
 ) -> Tensor:
     r"""Silence Awareness Decaying, in place on ``grad`` and ``tracker``; returns the silent mask.
 
@@ -181,6 +187,8 @@ class OvSW(Method):
         # mean r over the channels of all layers (each layer's mean weighted by its channels)
         channels = sum(layer.weight.shape[0] for layer, _, _ in found)
         return {
-            METRIC_SILENT: sum(layer.weight.numel() * st.silent_fraction for layer, st, _ in found) / total,
-            METRIC_AGS_RATIO: sum(layer.weight.shape[0] * st.ags_ratio for layer, st, _ in found) / channels,
+            METRIC_SILENT: sum(layer.weight.numel() * st.silent_fraction for layer, st, _ in found)
+            / total,
+            METRIC_AGS_RATIO: sum(layer.weight.shape[0] * st.ags_ratio for layer, st, _ in found)
+            / channels,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from bnnkit.errors import ConfigError
 from bnnkit.models.registry import register_model
 from bnnkit.nn import BinaryLinear
 
@@ -16,10 +17,10 @@ class MLP(nn.Module):
         self, num_classes: int, in_features: int, hidden: int, depth: int, batch_norm: bool = True
     ) -> None:
         super().__init__()
-        if depth < 1 or hidden < 1 or in_features < 1:
-            raise ValueError(
-                f"mlp needs depth, hidden, in_features >= 1; got {depth}, {hidden}, {in_features}"
-            )
+        for name, value in (("depth", depth), ("hidden", hidden), ("in_features", in_features)):
+            if value < 1:
+                raise ConfigError("is not valid for model mlp", location=(name,), value=value,
+                                  allowed="an integer >= 1")  # fmt: skip
         self.flatten = nn.Flatten()
         self.fc_in = nn.Linear(in_features, hidden)
 

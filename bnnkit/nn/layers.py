@@ -86,7 +86,9 @@ class BinaryLayer(nn.Module):
         for a :class:`~bnnkit.binarize.Binarizer`, else the latent weight ``W`` itself."""
         b = self.weight_binarizer
         if b is None:
-            raise ValueError(f"{type(self).__name__} has no weight binarizer: its weight has no sign")
+            raise ValueError(
+                f"{type(self).__name__} has no weight binarizer: its weight has no sign"
+            )
         return b.sign_input(self.weight) if isinstance(b, Binarizer) else self.weight
 
     def binarized_input(self, x: Tensor) -> Tensor:
@@ -276,7 +278,11 @@ def binary_layers(model: nn.Module) -> LayerList:
 
 
 def _histories(model_or_layers: nn.Module | Iterable[tuple[str, nn.Module]]) -> list[BinaryLayer]:
-    pairs = binary_layers(model_or_layers) if isinstance(model_or_layers, nn.Module) else model_or_layers
+    pairs = (
+        binary_layers(model_or_layers)
+        if isinstance(model_or_layers, nn.Module)
+        else model_or_layers
+    )
     return [m for _, m in pairs if isinstance(m, BinaryLayer) and m.sign_history is not None]
 
 

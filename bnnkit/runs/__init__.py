@@ -17,8 +17,8 @@ from bnnkit.runs.evaluate import (
     export_checkpoint,
     format_size_report,
 )
-from bnnkit.runs.rundir import RunDirectory, RunDirectoryError, load_run, resolve_checkpoint
 from bnnkit.runs.run import RunResult, format_result, seed_everything, train
+from bnnkit.runs.rundir import RunDirectory, RunDirectoryError, load_run, resolve_checkpoint
 from bnnkit.runs.stages import model_from_checkpoint
 
 __all__ = [

@@ -101,12 +101,16 @@ class Checkpoint:
     bnnkit_version: str = __version__
     torch_version: str = str(torch.__version__)
     upgraded_from: int | None = field(default=None, compare=False)
-    _v1_weight_prev: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _v1_weight_prev: dict[str, torch.Tensor] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The file's content: the format marker, the version and every field."""
         skip = {"upgraded_from", "_v1_weight_prev"}
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        data = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip
+        }
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
 
     def save(self, path: str | Path) -> Path:
@@ -128,7 +132,9 @@ class Checkpoint:
         names = {f.name for f in dataclasses.fields(cls)} - {"upgraded_from", "_v1_weight_prev"}
         missing = sorted(n for n in names if n not in data and cls._required(n))
         if missing:
-            raise CheckpointError(f"{source} is not a complete bnnkit checkpoint (missing {missing})")
+            raise CheckpointError(
+                f"{source} is not a complete bnnkit checkpoint (missing {missing})"
+            )
         ckpt = cls(**{k: v for k, v in data.items() if k in names})
         if version < FORMAT_VERSION:
             ckpt._upgrade_v1()

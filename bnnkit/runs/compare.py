@@ -34,8 +34,8 @@ from bnnkit.diagnostics.figures import pyplot, save_figure
 from bnnkit.diagnostics.report import write_report
 from bnnkit.errors import BnnkitError
 from bnnkit.methods import list_methods
-from bnnkit.runs.rundir import RunDirectory, load_run
 from bnnkit.runs.run import train
+from bnnkit.runs.rundir import RunDirectory, load_run
 
 COLUMNS = (
     ("best_top1", "best top-1"),

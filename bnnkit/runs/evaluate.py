@@ -26,7 +26,7 @@ def check_data_overrides(overrides: Sequence[str], command: str) -> None:
     """Evaluation commands change the data only: refuse any other ``key=value``."""
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
-        raise ConfigError(f"takes data.* overrides only (the model is the checkpoint's)",
+        raise ConfigError("takes data.* overrides only (the model is the checkpoint's)",
                           location=(command,), value=bad)  # fmt: skip
 
 

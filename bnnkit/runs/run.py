@@ -119,7 +119,11 @@ def train(
     with process_group(first.device) as dist:
         seed_everything(first.seed, first.deterministic)  # same init on every rank
         if resume is None:
-            run = RunDirectory.create(out, cfg.name) if dist.is_main else RunDirectory(Path(out or "."))
+            run = (
+                RunDirectory.create(out, cfg.name)
+                if dist.is_main
+                else RunDirectory(Path(out or "."))
+            )
         if dist.is_main:
             run.write_config(cfg.to_dict())
         logger = RunLogger(

@@ -187,7 +187,9 @@ class RunDirectory:
         self, stage: str, epoch: int, step: int, dyn: Dynamics, bins: int
     ) -> list[dict[str, Any]]:
         """Append the current histograms (``epoch`` = epochs done) to ``histograms.jsonl``."""
-        records = [{"stage": stage, "epoch": epoch, "step": step, **r} for r in dyn.histograms(bins)]
+        records = [
+            {"stage": stage, "epoch": epoch, "step": step, **r} for r in dyn.histograms(bins)
+        ]
         self.histograms.parent.mkdir(parents=True, exist_ok=True)
         with open(self.histograms, "a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in records))
@@ -222,7 +224,9 @@ class RunDirectory:
         for i, e in enumerate(ordered):
             e["index"] = i
         if not ordered:
-            raise ReportError(f"{self.metrics} holds no finished epoch yet; train at least one epoch")
+            raise ReportError(
+                f"{self.metrics} holds no finished epoch yet; train at least one epoch"
+            )
         config = yaml.safe_load(self.config.read_text()) if self.config.is_file() else {}
         return RunData(
             path=self.path, config=config or {}, summary=self.read_summary(), epochs=ordered,

@@ -20,7 +20,13 @@ from bnnkit.diagnostics import names as N
 from bnnkit.methods import binarize_, get_method
 from bnnkit.models import create_model
 from bnnkit.nn import binary_layers
-from bnnkit.runs.checkpoint import Checkpoint, load_checkpoint, load_stage_init, rng_state, set_rng_state
+from bnnkit.runs.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_stage_init,
+    rng_state,
+    set_rng_state,
+)
 from bnnkit.runs.rundir import RunDirectory
 from bnnkit.training import (
     Dist,
@@ -86,7 +92,9 @@ class StageRun:
         self.last = index == len(ctx.cfg.stages) - 1
 
     # -- building -------------------------------------------------------------------------------
-    def build(self, prev_state: dict[str, torch.Tensor] | None, resume: Checkpoint | None, step: int) -> None:
+    def build(
+        self, prev_state: dict[str, torch.Tensor] | None, resume: Checkpoint | None, step: int
+    ) -> None:
         """The model from ``resume`` (this stage's checkpoint) or from the previous stage's
         weights (``prev_state``), the optimizer, scaler, trackers and the trainer."""
         ctx, stage, dist = self.ctx, self.stage, self.ctx.dist
@@ -116,15 +124,21 @@ class StageRun:
             set_rng_state(resume.rng)
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.dynamics = self._start_dynamics(model, step, resume)
-        teacher = load_teacher(ctx.teacher if ctx.teacher is not None else stage.kd.teacher, dist.device)
-        loss_fn = TaskLoss(stage.training.label_smoothing, teacher, stage.kd.alpha, stage.kd.temperature)
+        teacher = load_teacher(
+            ctx.teacher if ctx.teacher is not None else stage.kd.teacher, dist.device
+        )
+        loss_fn = TaskLoss(
+            stage.training.label_smoothing, teacher, stage.kd.alpha, stage.kd.temperature
+        )
         self.trainer = Trainer(
             stage, model, optimizer, forward_model=_wrap(model, stage, dist), scaler=scaler,
             loss_fn=loss_fn, dist=dist, logger=ctx.logger, log_every=ctx.cfg.logging.log_every,
             progress=progress, dynamics=self.dynamics, dynamics_every=ctx.cfg.diagnostics.every,
         )  # fmt: skip
 
-    def _start_dynamics(self, model: nn.Module, step: int, resume: Checkpoint | None) -> Dynamics | None:
+    def _start_dynamics(
+        self, model: nn.Module, step: int, resume: Checkpoint | None
+    ) -> Dynamics | None:
         """The stage's trackers (None when disabled or nothing is binarized); a resumed stage
         continues the saved counts, a new one counts from its starting weights."""
         ctx, stage = self.ctx, self.stage
@@ -201,8 +215,11 @@ class StageRun:
             "best_epoch": p.best_epoch + 1,
             "final_top1": final.get(N.TOP1),
             "final_top5": final.get(N.TOP5),
-            "dynamics": {k: v for k, v in last.items()
-                         if k.startswith(N.DYN_PREFIX) and k.endswith(f"/{N.ALL}")},  # fmt: skip
+            "dynamics": {
+                k: v
+                for k, v in last.items()
+                if k.startswith(N.DYN_PREFIX) and k.endswith(f"/{N.ALL}")
+            },
         }
 
 
@@ -223,4 +240,3 @@ def run_stages(ctx: RunContext, resume: Checkpoint | None) -> None:
         step = stage_run.train().step
         ctx.results.append(stage_run.result())
         prev_state = stage_run.model.state_dict()
-

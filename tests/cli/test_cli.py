@@ -45,7 +45,10 @@ def test_summary_input_size_and_num_classes(capsys):
     ("argv", "message"),
     [
         (["summary", "resnet21"], "'resnet21' is not a known model; allowed: mlp"),
-        (["summary", "resnet20", "--method", "bnn"], "'bnn' is not a known method; allowed: bireal"),
+        (
+            ["summary", "resnet20", "--method", "bnn"],
+            "'bnn' is not a known method; allowed: bireal",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_a_message(argv, message, capsys):

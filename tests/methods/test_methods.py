@@ -115,7 +115,9 @@ def test_unknown_method_and_bad_fields_are_clear_errors():
         get_method("recuu")
     with pytest.raises(ConfigError, match=r"tmin: not a hyperparameter of irnet; allowed: t_min"):
         get_method("irnet", tmin=0.1)
-    with pytest.raises(ConfigError, match=r"t_min = 0.0 is out of range for irnet; allowed: \(0, inf\)"):
+    with pytest.raises(
+        ConfigError, match=r"t_min = 0.0 is out of range for irnet; allowed: \(0, inf\)"
+    ):
         get_method("irnet", t_min=0.0)
     with pytest.raises(ConfigError, match=r"t_min = 20.0 must not exceed t_max \(10.0\)"):
         get_method("irnet", t_min=20.0)

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import bnnkit
+from bnnkit.config import load_recipe
+from bnnkit.errors import ConfigError
 from bnnkit.methods import Method, TrainState, binarize_, binary_layers, get_method
 from bnnkit.methods.ovsw import SADState
 from bnnkit.methods.rebnn import ReBNNState
 from bnnkit.methods.recu import ReCUSign, recu_tau
-from bnnkit.config import load_recipe
-from bnnkit.errors import ConfigError
 from bnnkit.runs import load_checkpoint, train
 from bnnkit.runs.checkpoint import load_stage_init
 from bnnkit.training import TaskLoss, Trainer
@@ -114,7 +114,7 @@ def test_ovsw_on_recu_keeps_the_tau_schedule_and_the_gradient_rules():
 def test_bad_compositions_are_refused():
     with pytest.raises(ConfigError, match=r"cannot compose ovsw on ovsw: ovsw would appear twice"):
         get_method("ovsw", base="ovsw")
-    with pytest.raises(ConfigError, match="cannot compose rebnn on reactnet: .*variant: paper"):
+    with pytest.raises(ConfigError, match=r"cannot compose rebnn on reactnet: .*variant: paper"):
         get_method("rebnn", base="reactnet", variant="official_code")
     with pytest.raises(ConfigError, match="'recuu' is not a known method"):
         get_method("ovsw", base="recuu")

@@ -471,7 +471,9 @@ def test_weight_prev_and_tracker_survive_a_state_dict_round_trip():
     assert torch.equal(fresh_layer.sign_history.flipped, t(sgn(W3) != sgn(W1)))
     expected = np.zeros((2, 4))
     expected[0, 1] = 0.001
-    torch.testing.assert_close(fresh_layer.method_state["ovsw"].tracker, t(expected), rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        fresh_layer.method_state["ovsw"].tracker, t(expected), rtol=1e-9, atol=0
+    )
     assert torch.equal(fresh_layer.weight.detach(), t(W3))
 
 

@@ -218,7 +218,9 @@ def test_paper_task_gradients_by_hand():
     torch.testing.assert_close(layer.weight.grad, expected_w, rtol=1e-12, atol=1e-15)
     # sum_j G_ij sign(w_ij): 0.1 + 0.4 + 0.2 - 0.3 and -0.05 + 0.02 - 0.5 - 0.01
     torch.testing.assert_close(layer.scale.alpha.grad, t([0.4, -0.54]), rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(layer.method_state["rebnn"].grad_max, t([0.4, 0.5]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        layer.method_state["rebnn"].grad_max, t([0.4, 0.5]), rtol=1e-12, atol=0
+    )
 
 
 def test_official_task_gradients_by_hand():
@@ -230,7 +232,9 @@ def test_official_task_gradients_by_hand():
     torch.testing.assert_close(layer.weight.grad, expected_w, rtol=1e-12, atol=1e-15)
     # sign(alpha_raw) * sum_j G_ij w_ij (latent w): +(0.05 + 0.08 + 0.3 - 0.03), -(-0.315)
     torch.testing.assert_close(layer.scale.alpha.grad, t([0.4, 0.315]), rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(layer.method_state["rebnn"].grad_max, t([0.4, 0.5]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        layer.method_state["rebnn"].grad_max, t([0.4, 0.5]), rtol=1e-12, atol=0
+    )
 
 
 # -- reconstruction gradients -------------------------------------------------------------------------
@@ -400,7 +404,9 @@ def test_prev_sign_and_gamma_survive_a_state_dict_round_trip():
     assert not torch.equal(fresh_layer.sign_history.negative, t(W2) < 0)
     fresh.load_state_dict(sd)
     assert torch.equal(fresh_layer.sign_history.negative, t(W2) < 0)
-    torch.testing.assert_close(fresh_layer.method_state["rebnn"].gamma, t([0.15, 0.3]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        fresh_layer.method_state["rebnn"].gamma, t([0.15, 0.3]), rtol=1e-12, atol=0
+    )
 
 
 # -- conv layers (4-D weights, per-output-channel over C_in x k x k) ----------------------------------
@@ -502,7 +508,9 @@ def test_grad_max_is_of_the_steps_total_gradient_when_backward_runs_twice():
     backward_with(model, G1)
     out = model(H.clone())
     (out * (H @ t(G2).T / 4)).sum().backward()  # accumulate, no zero_grad
-    torch.testing.assert_close(layer.method_state["rebnn"].grad_max, t([0.9, 0.8]), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        layer.method_state["rebnn"].grad_max, t([0.9, 0.8]), rtol=1e-12, atol=0
+    )
 
 
 @pytest.mark.parametrize(

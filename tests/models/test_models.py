@@ -154,7 +154,9 @@ def test_create_model_errors_name_the_fix():
     # ConfigError (a ValueError): the option, the bad value and what is allowed
     with pytest.raises(ConfigError, match=r"'resnet21' is not a known model; allowed: .*resnet20"):
         create_model("resnet21")
-    with pytest.raises(ConfigError, match=r"depth: not an option of model resnet18_cifar; allowed: variant"):
+    with pytest.raises(
+        ConfigError, match=r"depth: not an option of model resnet18_cifar; allowed: variant"
+    ):
         create_model("resnet18_cifar", depth=3)
     with pytest.raises(ConfigError, match=r"variant = 'bnn' is not valid; allowed: 'recu', 'ovsw'"):
         create_model("resnet18_cifar", variant="bnn")

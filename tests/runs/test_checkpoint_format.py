@@ -41,7 +41,9 @@ def test_a_format_1_checkpoint_loads_with_its_state_renamed(name):
     for key in old_state:
         layer, buf = key.split(".method_state.")
         if buf in ("prev_sign", "weight_prev", "primed"):  # replaced by the sign history
-            assert not any(k.startswith(f"{layer}.method_state.") and k.endswith(buf) for k in ckpt.model)
+            assert not any(
+                k.startswith(f"{layer}.method_state.") and k.endswith(buf) for k in ckpt.model
+            )
         else:
             assert torch.equal(ckpt.model[f"{layer}.method_state.{name}.{buf}"], raw["model"][key])
     assert (name != "reactnet") == bool(old_state)
@@ -91,7 +93,9 @@ def test_the_format_round_trips_and_states_its_version(tmp_path):
 def test_a_newer_format_is_refused_with_what_to_do(tmp_path):
     data = _checkpoint().to_dict() | {"format_version": FORMAT_VERSION + 1, "bnnkit_version": "9.0"}
     torch.save(data, tmp_path / "new.pt")
-    with pytest.raises(CheckpointError, match=r"format 3, written by a newer bnnkit \(9\.0\).*upgrade bnnkit"):
+    with pytest.raises(
+        CheckpointError, match=r"format 3, written by a newer bnnkit \(9\.0\).*upgrade bnnkit"
+    ):
         load_checkpoint(tmp_path / "new.pt")
 
 
@@ -102,5 +106,7 @@ def test_foreign_and_incomplete_files_are_refused(tmp_path):
     data = _checkpoint().to_dict()
     del data["optimizer"]
     torch.save(data, tmp_path / "cut.pt")
-    with pytest.raises(CheckpointError, match=r"not a complete bnnkit checkpoint \(missing \['optimizer'\]\)"):
+    with pytest.raises(
+        CheckpointError, match=r"not a complete bnnkit checkpoint \(missing \['optimizer'\]\)"
+    ):
         load_checkpoint(tmp_path / "cut.pt")

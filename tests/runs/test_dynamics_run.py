@@ -28,6 +28,7 @@ def write_report(run_dir, out=None):
     """What ``bnnkit report RUN_DIR`` does: parse the run directory, write its report."""
     return write_parsed_report(load_run(run_dir), out)
 
+
 METRICS = ("flip", "backforth", "dead", "silent", "qerr", "entropy")
 
 

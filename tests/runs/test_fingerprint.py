@@ -44,7 +44,9 @@ def test_the_run_changed_on_purpose_keeps_its_losses(runs):
     got, want = runs["ovsw_on_recu"], RECORDED["ovsw_on_recu"]
     assert got["losses"] == pytest.approx(want["losses"], rel=1e-5, abs=1e-6)
     trackers = [k for k in want["sums"] if k.endswith("method_state.tracker")]
-    assert trackers and any(got["sums"][k] != pytest.approx(want["sums"][k], rel=1e-4) for k in trackers)
+    assert trackers and any(
+        got["sums"][k] != pytest.approx(want["sums"][k], rel=1e-4) for k in trackers
+    )
 
 
 def test_the_fingerprint_covers_every_registered_method():

@@ -12,10 +12,9 @@ from _helpers import events, merged
 from torch import nn
 
 import bnnkit
-from bnnkit.runs import CheckpointError, load_checkpoint, train
-from bnnkit.training import NonFiniteLossError
+from bnnkit.runs import CheckpointError, load_checkpoint, model_from_checkpoint, train
 from bnnkit.runs.checkpoint import Checkpoint, load_model_state, load_stage_init
-from bnnkit.runs import model_from_checkpoint
+from bnnkit.training import NonFiniteLossError
 
 BASE = {
     "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
@@ -186,7 +185,8 @@ def test_checkpoint_of_another_model_lists_the_mismatched_keys(tmp_path):
     )
     with pytest.raises(
         # 19 parameters and buffers, and the 2 sign-history buffers of each of the 2 binary layers
-        CheckpointError, match=r"shape mismatch \(23\): .*body\.0\.weight \(32, 32\) vs \(16, 16\)"
+        CheckpointError,
+        match=r"shape mismatch \(23\): .*body\.0\.weight \(32, 32\) vs \(16, 16\)",
     ):
         load_model_state(other, ckpt.model, "that checkpoint")
     vgg = bnnkit.binarize_(bnnkit.create_model("vgg_small"), "reactnet")

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from bnnkit.training import distributed
 from bnnkit.runs import load_checkpoint, train
+from bnnkit.training import distributed
 
 RECIPE = {
     "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,

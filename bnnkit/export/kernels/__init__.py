@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnnkit.errors import ConfigError
 from bnnkit.export import pack
 from bnnkit.export.kernels import reference as _ref
 
@@ -72,14 +73,15 @@ def get_kernel(name: str = "auto") -> Kernel:
     """``"auto"`` (numba where installed, else reference), ``"numba"`` or ``"reference"``.
 
     Raises:
-        ValueError: unknown or unavailable kernel (the message lists the available ones).
+        ConfigError: unknown or unavailable kernel (the message lists the available ones).
     """
     available = list_kernels()
     if name == "auto":
         name = available[-1]
     if name not in available:
-        hint = " (install numba: pip install 'bnnkit[deploy]')" if name == "numba" else ""
-        raise ValueError(f"unknown or unavailable kernel {name!r}{hint}; available: {available}")
+        hint = " (numba: pip install 'bnnkit[deploy]')" if name == "numba" else ""
+        raise ConfigError("is not an available kernel", location=("kernel",), value=name,
+                          allowed=", ".join(available) + hint)  # fmt: skip
     if name == "reference":
         return REFERENCE
     from bnnkit.export.kernels import numba_cpu as nb
