@@ -42,7 +42,9 @@ from torch import Tensor, nn
 from bnnkit._registry import Registry
 from bnnkit.binarize import Scale
 from bnnkit.errors import ConfigError
-from bnnkit.nn import BinaryLayer, LayerList
+from bnnkit.nn import BinaryLayer, LayerList, SignHistory
+
+StateT = TypeVar("StateT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,18 @@ class Method:
         """This method's per-layer state on ``layer`` (``layer.method_state[self.name]``)."""
         states = layer.method_state
         return states[self.name] if states is not None and self.name in states else None
+
+    def tracked(
+        self, layers: LayerList, state_type: type[StateT]
+    ) -> list[tuple[BinaryLayer, StateT, SignHistory]]:
+        """``(layer, this method's state, the layer's sign history)`` of every layer that has
+        a state of ``state_type`` and a sign history (what the sign-reading rules act on)."""
+        out = []
+        for _, layer in layers:
+            st = self.state_of(layer)
+            if isinstance(st, state_type) and layer.sign_history is not None:
+                out.append((layer, st, layer.sign_history))
+        return out
 
     def fields(self) -> dict[str, Any]:
         """The hyperparameters as a dict (``name`` excluded)."""

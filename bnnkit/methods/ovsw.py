@@ -26,7 +26,7 @@ from bnnkit.binarize import (
     standardize,
 )
 from bnnkit.methods.base import Method, TrainState, check_range, register_method
-from bnnkit.nn import BinaryLayer, LayerList, SignHistory
+from bnnkit.nn import BinaryLayer, LayerList
 
 METRIC_SILENT = "ovsw/silent"
 METRIC_AGS_RATIO = "ovsw/ags_ratio"
@@ -158,16 +158,8 @@ class OvSW(Method):
         return SADState(layer.weight, self.track_ones)
 
     # -- hooks -----------------------------------------------------------------------------------
-    def _layers(self, layers: LayerList) -> list[tuple[BinaryLayer, SADState, SignHistory]]:
-        out = []
-        for _, layer in layers:
-            st = self.state_of(layer)
-            if isinstance(st, SADState) and layer.sign_history is not None:
-                out.append((layer, st, layer.sign_history))
-        return out
-
     def before_optimizer_step(self, layers: LayerList, state: TrainState) -> None:
-        for layer, st, history in self._layers(layers):
+        for layer, st, history in self.tracked(layers, SADState):
             grad = layer.weight.grad
             if grad is None:
                 continue
@@ -180,7 +172,7 @@ class OvSW(Method):
             st.silent_fraction.copy_(silent.to(st.silent_fraction.dtype).mean())
 
     def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
-        found = self._layers(layers)
+        found = self.tracked(layers, SADState)
         if not found:
             return {}
         total = sum(layer.weight.numel() for layer, _, _ in found)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from bnnkit.binarize import ClippedSTESign, IdentitySTESign, LearnableScale, Scale
 from bnnkit.methods.base import Method, TrainState, check_choice, check_range, register_method
-from bnnkit.nn import BinaryLayer, LayerList, RSign, SignHistory
+from bnnkit.nn import BinaryLayer, LayerList, RSign
 
 GAMMA_MODES = ("paper", "max", "constant", "fixed")
 CODE_GAMMA = 2e-4  # what the released code's round_pass returns for every input
@@ -207,16 +207,8 @@ class ReBNN(Method):
         return GradRecordingScale(scale, self.state_of(layer))
 
     # -- hooks -----------------------------------------------------------------------------------
-    def _layers(self, layers: LayerList) -> list[tuple[BinaryLayer, ReBNNState, SignHistory]]:
-        out = []
-        for _, layer in layers:
-            st = self.state_of(layer)
-            if isinstance(st, ReBNNState) and layer.sign_history is not None:
-                out.append((layer, st, layer.sign_history))
-        return out
-
     def before_optimizer_step(self, layers: LayerList, state: TrainState) -> None:
-        for layer, st, history in self._layers(layers):
+        for layer, st, history in self.tracked(layers, ReBNNState):
             st.history_seen = history.updates  # the after hook needs an update after the step
             if layer.weight.grad is not None:
                 self._reconstruct(layer, st)
@@ -249,7 +241,7 @@ class ReBNN(Method):
             st.recon_loss.copy_((st.gamma * r.square().flatten(1).sum(1)).sum() / 2)
 
     def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
-        found = self._layers(layers)
+        found = self.tracked(layers, ReBNNState)
         for _, st, history in found:
             history.checked(st.history_seen, "rebnn")  # updated after this step's optimizer step
             if self.gamma_mode == "paper":  # the fraction of channel i's weights that flipped
