@@ -127,8 +127,10 @@ def train(
         if dist.is_main:
             run.write_config(cfg.to_dict())
         logger = RunLogger(
-            run.metrics, tensorboard_dir=run.tensorboard if cfg.logging.tensorboard else None,
-            progress=cfg.logging.progress, enabled=dist.is_main,
+            run.event_log() if dist.is_main else None,
+            tensorboard_dir=run.tensorboard if cfg.logging.tensorboard else None,
+            progress=cfg.logging.progress,
+            enabled=dist.is_main,
         )  # fmt: skip
         data = None
         try:

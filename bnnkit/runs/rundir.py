@@ -52,6 +52,21 @@ class RunDirectoryError(BnnkitError, FileExistsError):
     """A run directory that cannot be used as asked (it holds another run)."""
 
 
+class EventLog:
+    """``metrics.jsonl``: appends each event record as one JSON line (line-buffered, so a
+    crash cuts at most the last line, which the reader skips)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 (open for the run's life)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a ``.jsonl`` file; a malformed (cut) line is skipped."""
     out = []
@@ -157,6 +172,10 @@ class RunDirectory:
         return cls(path if path.is_dir() else path.parents[1])
 
     # -- writers --------------------------------------------------------------------------------
+    def event_log(self) -> EventLog:
+        """The sink of the run's log events (``metrics.jsonl``, appended on resume)."""
+        return EventLog(self.metrics)
+
     def write_config(self, resolved: dict[str, Any]) -> Path:
         """``config.yaml``: the resolved recipe, the versions and the git revision."""
         versions = {"bnnkit": __version__, "torch": str(torch.__version__),

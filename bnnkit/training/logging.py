@@ -1,18 +1,18 @@
-"""Run logging: a JSON-lines event file (one object per event), TensorBoard, tqdm progress.
+"""Run logging: events to a sink (the run directory's ``metrics.jsonl``), TensorBoard, tqdm.
 
-The logger is told where to write (the run directory's layout belongs to :mod:`bnnkit.runs`).
+The logger is given where events go (an :class:`EventSink`; the run directory's files belong
+to :mod:`bnnkit.runs.rundir`, whose ``EventLog`` is the sink of a run).
 Only rank 0 logs (other ranks get ``enabled=False``: everything dropped). Values are converted
 to Python numbers here, at the log interval, which is the only place the loop syncs.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -35,11 +35,19 @@ def to_number(value: Any) -> Any:
     return value
 
 
+class EventSink(Protocol):
+    """Where log events go: one call per event record (a JSON-friendly dict)."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class RunLogger:
-    """Writes events to a JSON-lines file and TensorBoard, prints messages, drives a progress bar.
+    """Writes events to a sink and TensorBoard, prints messages, drives a progress bar.
 
     Args:
-        events_file: where events are appended (``None``: not written).
+        events: where event records go (``None``: nowhere).
         tensorboard_dir: TensorBoard event folder (``None``: none; also none when
             tensorboard is not installed).
         progress: ``auto`` (a bar on a terminal only), ``on`` or ``off``.
@@ -48,16 +56,14 @@ class RunLogger:
 
     def __init__(
         self,
-        events_file: Path | None = None,
+        events: EventSink | None = None,
         *,
         tensorboard_dir: Path | None = None,
         progress: str = "off",
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
-        self._file = None
-        if enabled and events_file is not None:
-            self._file = open(events_file, "a", buffering=1)  # noqa: SIM115
+        self._events = events if enabled else None
         self._tb = _summary_writer(tensorboard_dir) if enabled and tensorboard_dir else None
         self._progress_mode = progress
         self._bar = None
@@ -66,8 +72,8 @@ class RunLogger:
     def log(self, event: str, **values: Any) -> dict[str, Any]:
         record = {"event": event, "time": round(time.time() - self.start, 3)}
         record.update({k: to_number(v) for k, v in values.items()})
-        if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+        if self._events is not None:
+            self._events.write(record)
         if self._tb is not None and "step" in record:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "epoch", "time", "stage"):
@@ -129,7 +135,7 @@ class RunLogger:
 
     def close(self) -> None:
         self.bar_close()
-        if self._file is not None:
-            self._file.close()
+        if self._events is not None:
+            self._events.close()
         if self._tb is not None:
             self._tb.close()
