@@ -322,6 +322,13 @@ def test_info_commands(installed: Env, empty_dir: Path) -> None:
         ln.split()[0] for ln in res.stdout.splitlines() if ln.strip()
     }, res.describe()
 
+    res = run(installed.bnnkit, "list", "models", cwd=empty_dir)
+    assert "resnet20" in res.stdout and "reactnet_a" in res.stdout, res.describe()
+    res = run(installed.bnnkit, "list", "binarizers", cwd=empty_dir)
+    assert "approx_sign" in res.stdout, res.describe()
+    res = run(installed.python, "-m", "bnnkit", "--version", cwd=empty_dir)
+    assert "bnnkit" in res.stdout + res.stderr, res.describe()
+
     res = run(installed.bnnkit, "summary", "resnet20", cwd=empty_dir)
     assert "total" in res.stdout and "params" in res.stdout, res.describe()
     assert not any(empty_dir.iterdir()), "the info commands wrote files in the current folder"
@@ -352,6 +359,19 @@ def test_quickstart_train_eval_report(installed: Env, empty_dir: Path) -> None:
 
     res = installed.ok(installed.bnnkit, "report", rel, cwd=empty_dir)
     assert (run_dir / "report.md").is_file(), res.describe()
+
+    # the deployment commands on the same run: packed file, then its accuracy
+    res = installed.ok(installed.bnnkit, "export", rel, "--out", "model.bnn", cwd=empty_dir)
+    assert (empty_dir / "model.bnn").is_file() and "packed file" in res.stdout, res.describe()
+    res = installed.ok(installed.bnnkit, "predict", "model.bnn", cwd=empty_dir)
+    assert re.search(r"top-1 \d+\.\d+%", res.stdout), res.describe()
+
+
+def test_compare_from_an_empty_folder(installed: Env, empty_dir: Path) -> None:
+    res = installed.ok(installed.bnnkit, "compare", "quickstart", "--methods", "ste,reactnet",
+                       "--out", "cmp", "training.epochs=1", cwd=empty_dir)  # fmt: skip
+    assert (empty_dir / "cmp" / "compare.md").is_file(), res.describe()
+    assert "| ste |" in res.stdout and "| reactnet |" in res.stdout, res.describe()
 
 
 def test_bad_override_is_a_one_line_error(installed: Env, empty_dir: Path) -> None:
