@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 
 def merged(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
     """A deep copy of the recipe ``base`` with each given section merged into its own (a
@@ -21,3 +24,35 @@ def events(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     """The ``kind`` events (``train`` / ``epoch``) of a run's ``metrics.jsonl``, every line parsed."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["event"] == kind]
+
+
+def sample_input(name: str, batch: int = 2) -> torch.Tensor:
+    """A seeded input for registered model ``name`` (ImageNet models at 64 px, to stay fast)."""
+    from bnnkit.models.registry import MODELS
+
+    size = MODELS.get(name).input_size
+    if len(size) == 3 and size[1] > 64:
+        size = (size[0], 64, 64)
+    return torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
+
+
+def trained_like(name: str, method: str, classes: int = 10) -> nn.Module:
+    """Model ``name`` with ``method`` attached and non-trivial BN statistics, scales and shifts
+    (eval mode), as a trained one would have."""
+    import bnnkit
+
+    torch.manual_seed(0)
+    model = bnnkit.binarize_(
+        bnnkit.create_model(name, num_classes=classes), bnnkit.get_method(method)
+    )
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+        for n, p in model.named_parameters():
+            if n.endswith("input_binarizer.bias"):
+                p.uniform_(-0.2, 0.2)  # RSign / ReCU shifts
+    return model.eval()

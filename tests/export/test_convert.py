@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import sample_input, trained_like
 from torch import nn
 
 import bnnkit
@@ -18,7 +19,6 @@ from bnnkit.export import (
     pack_conv_weight,
     packed_layers,
 )
-from bnnkit.models.registry import MODELS
 from bnnkit.nn import BinaryConv2d, BinaryLayer
 
 BINARY_METHODS = [m for m in bnnkit.list_methods() if m != "float"]
@@ -26,30 +26,7 @@ CIFAR_MODELS = ["resnet20", "resnet18_cifar", "vgg_small", "mlp"]
 IMAGENET_MODELS = [n for n in bnnkit.list_models() if n not in CIFAR_MODELS]
 
 
-def _input(name: str, batch: int = 2) -> torch.Tensor:
-    size = MODELS.get(name).input_size
-    if len(size) == 3 and size[1] > 64:
-        size = (size[0], 64, 64)  # ImageNet models: a small image keeps the test fast
-    return torch.randn(batch, *size, generator=torch.Generator().manual_seed(1))
-
-
-def _trained_like(name: str, method: str, classes: int = 10) -> nn.Module:
-    """A model with the method attached and non-trivial BN statistics, scales and shifts."""
-    torch.manual_seed(0)
-    model = bnnkit.binarize_(
-        bnnkit.create_model(name, num_classes=classes), bnnkit.get_method(method)
-    )
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-        for n, p in model.named_parameters():
-            if n.endswith("input_binarizer.bias"):
-                p.uniform_(-0.2, 0.2)  # RSign / ReCU shifts
-    return model.eval()
+_input, _trained_like = sample_input, trained_like
 
 
 def _layer_io(model: nn.Module, x: torch.Tensor, kind: type) -> dict[str, tuple]:
