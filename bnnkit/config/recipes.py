@@ -202,7 +202,7 @@ def _build_model(raw: Any) -> ModelConfig:
         raise ConfigError("must be a mapping with a 'name' (see `bnnkit list models`)",
                           location=("model",), value=raw)  # fmt: skip
     options = dict(raw)
-    name = options.pop("name")
+    name, pad_value = options.pop("name"), options.pop("pad_value", 0.0)
     try:
         info = model_info(name)
     except ConfigError as err:
@@ -211,8 +211,13 @@ def _build_model(raw: Any) -> ModelConfig:
     for key in options:
         if key not in valid:
             raise ConfigError(f"not an option of model {info.name}", location=("model", key),
-                              allowed=", ".join(valid))  # fmt: skip
-    return ModelConfig(name, options)
+                              allowed=", ".join([*valid, "pad_value"]))  # fmt: skip
+    if isinstance(pad_value, (int, float)) and not isinstance(pad_value, bool):
+        pad_value = float(pad_value)
+    try:
+        return ModelConfig(name, options, pad_value)
+    except ConfigError as err:
+        raise err.at("model") from None
 
 
 def _build_stage(raw: dict, index: int, defaults: dict, staged: bool) -> StageConfig:

@@ -44,10 +44,24 @@ def _within(name: str, value: Any, low: float, high: float, *, high_open: bool =
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``model:`` section: a registry name plus its options (``num_classes`` comes from data)."""
+    """``model:`` section: a registry name plus its options (``num_classes`` comes from data).
+
+    Attributes:
+        name: a registered model (``bnnkit list models``).
+        options: the model function's keyword options.
+        pad_value: what every binary conv pads its binarized input with: 0 (the papers' zero
+            padding) or ±1 (trains the network deployment-ready for Larq Compute Engine's and
+            OpenVINO's binary kernels; see :class:`bnnkit.nn.BinaryConv2d`).
+    """
 
     name: str = "mlp"
     options: dict[str, Any] = field(default_factory=dict)
+    pad_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pad_value, bool) or self.pad_value not in (0.0, 1.0, -1.0):
+            raise ConfigError("is not valid", location=("pad_value",), value=self.pad_value,
+                              allowed="0 (zero padding), 1 or -1")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -264,7 +278,11 @@ class RunConfig:
         return {
             "name": self.name,
             "data": plain(self.data),
-            "model": {"name": self.model.name, **self.model.options},
+            "model": {
+                "name": self.model.name,
+                **self.model.options,
+                **({"pad_value": self.model.pad_value} if self.model.pad_value else {}),
+            },
             "logging": plain(self.logging),
             "diagnostics": plain(self.diagnostics),
             "stages": [

@@ -101,7 +101,7 @@ def pack_layer(name: str, layer: BinaryLayer, kernel: str = "auto") -> PackedCon
             raise _refuse(name, f"padding_mode={layer.padding_mode!r} (only 'zeros' is packed)")
         packed = PackedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                               layer.stride, _pad2(name, layer), has_shift=shift is not None,
-                              kernel=kernel)  # fmt: skip
+                              kernel=kernel, pad_value=layer.pad_value)  # fmt: skip
     elif isinstance(layer, BinaryLinear):
         packed = PackedLinear(layer.in_features, layer.out_features,
                               has_shift=shift is not None, kernel=kernel)  # fmt: skip

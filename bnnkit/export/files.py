@@ -36,7 +36,8 @@ from bnnkit.models import create_model
 from bnnkit.nn import binary_layers
 
 FORMAT = "bnnkit-packed"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: conv layers record their pad_value
+READABLE_VERSIONS = ("1", "2")  # a version-1 file has zero padding everywhere
 
 
 def _layer_entry(name: str, m: PackedConv2d | PackedLinear) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def _layer_entry(name: str, m: PackedConv2d | PackedLinear) -> dict[str, Any]:
     if isinstance(m, PackedConv2d):
         entry.update(type="conv2d", **{"in": m.in_channels, "out": m.out_channels},
                      kernel_size=list(m.kernel_size), stride=list(m.stride),
-                     padding=list(m.padding))  # fmt: skip
+                     padding=list(m.padding), pad_value=m.pad_value)  # fmt: skip
     else:
         entry.update(type="linear", **{"in": m.in_features, "out": m.out_features})
     return entry
@@ -108,9 +109,10 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path} is not a safetensors file ({exc})") from exc
     if meta.get("format") != FORMAT:
         raise ExportError(f"{path} is not a bnnkit packed model (format {meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ExportError(f"{path} has packed format version {meta.get('format_version')!r}; "
-                          f"this bnnkit ({__version__}) reads version {FORMAT_VERSION}: upgrade")  # fmt: skip
+                          f"this bnnkit ({__version__}) reads versions "
+                          f"{', '.join(READABLE_VERSIONS)}: upgrade bnnkit")  # fmt: skip
     out: dict[str, Any] = {k: meta[k] for k in ("format", "format_version", "bnnkit_version")}
     for key in ("model", "method", "layers", "extra"):
         out[key] = json.loads(meta[key])
@@ -120,7 +122,8 @@ def read_header(path: str | Path) -> dict[str, Any]:
 def _packed_module(entry: dict[str, Any], kernel: str) -> PackedConv2d | PackedLinear:
     if entry["type"] == "conv2d":
         return PackedConv2d(entry["in"], entry["out"], entry["kernel_size"], entry["stride"],
-                            entry["padding"], has_shift=entry["has_shift"], kernel=kernel)  # fmt: skip
+                            entry["padding"], has_shift=entry["has_shift"], kernel=kernel,
+                            pad_value=entry.get("pad_value", 0.0))  # fmt: skip
     if entry["type"] == "linear":
         return PackedLinear(entry["in"], entry["out"], has_shift=entry["has_shift"], kernel=kernel)
     raise ExportError(f"unknown packed layer type {entry['type']!r} for {entry['name']!r}")

@@ -9,8 +9,9 @@ maps each node to one :class:`Op` of this vocabulary (NCHW semantics, float32 te
 kind            from                                       attrs / tensors
 ==============  =========================================  ==================================
 ``input``       the model's input                          ``shape``
-``bconv2d``     ``PackedConv2d``                           ``stride``, ``padding`` (zero
-                                                           padding of the ±1 input),
+``bconv2d``     ``PackedConv2d``                           ``stride``, ``padding`` and
+                                                           ``pad_value`` (0, 1 or -1: what
+                                                           the ±1 input is padded with),
                                                            ``kernel_size``; ``signs`` (O, C,
                                                            kH, kW) ±1, ``shift`` (C) or
                                                            absent, ``scale`` (O), ``bias`` (O)
@@ -125,7 +126,8 @@ def _bn(m: nn.modules.batchnorm._BatchNorm) -> dict[str, np.ndarray]:
 def _module_op(m: nn.Module, target: str) -> tuple[str, dict, dict]:
     """``(kind, attrs, tensors)`` of a leaf module, or an ExportError naming it."""
     if isinstance(m, PackedConv2d):
-        attrs = {"stride": m.stride, "padding": m.padding, "kernel_size": m.kernel_size}
+        attrs = {"stride": m.stride, "padding": m.padding, "kernel_size": m.kernel_size,
+                 "pad_value": m.pad_value}  # fmt: skip
         return "bconv2d", attrs, _packed(m)
     if isinstance(m, PackedLinear):
         return "blinear", {}, _packed(m)
@@ -259,7 +261,9 @@ def _run_op(op: Op, xs: list[torch.Tensor]) -> torch.Tensor:
         z = x if "shift" not in t else x + _channels(t["shift"], x.ndim)
         w = torch.from_numpy(t["signs"])
         if op.kind == "bconv2d":
-            y = F.conv2d(_sign(z), w, stride=a["stride"], padding=a["padding"])
+            (ph, pw), value = a["padding"], a["pad_value"]
+            zb = F.pad(_sign(z), (pw, pw, ph, ph), value=value)
+            y = F.conv2d(zb, w, stride=a["stride"])
         else:
             y = F.linear(_sign(z), w)
         return y * _channels(t["scale"], y.ndim) + _channels(t["bias"], y.ndim)

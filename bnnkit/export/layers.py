@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from bnnkit.export.kernels import get_kernel
-from bnnkit.export.kernels.reference import weight_position_sums
+from bnnkit.export.kernels.reference import padding_correction
 from bnnkit.export.pack import num_words
 
 
@@ -68,12 +68,16 @@ class _Packed(nn.Module):
 
 
 class PackedConv2d(_Packed):
-    """Packed binary ``conv2d`` (groups 1, dilation 1, zero padding). See the module docstring."""
+    """Packed binary ``conv2d`` (groups 1, dilation 1). The ±1 input is padded with
+    ``pad_value`` (0, as the papers train, or ±1, see :class:`bnnkit.nn.BinaryConv2d`).
+    See the module docstring."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int],
                  stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0), *,
-                 has_shift: bool = False, kernel: str = "auto") -> None:  # fmt: skip
+                 has_shift: bool = False, kernel: str = "auto",
+                 pad_value: float = 0.0) -> None:  # fmt: skip
         super().__init__()
+        self.pad_value = float(pad_value)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = tuple(int(k) for k in kernel_size)
         self.stride = tuple(int(s) for s in stride)
@@ -87,9 +91,10 @@ class PackedConv2d(_Packed):
         self._wsum = None
 
     def position_sums(self) -> Tensor:
-        """``(O, kH * kW)`` sums of the weight signs per kernel position (padding correction)."""
+        """``(O, kH * kW)`` padding correction per kernel position (``(1 - pad_value)`` times
+        the sums of the weight signs: see :func:`~bnnkit.export.kernels.reference.padding_correction`)."""
         if self._wsum is None:
-            self._wsum = weight_position_sums(self.weight_bits, self.in_channels)
+            self._wsum = padding_correction(self.weight_bits, self.in_channels, self.pad_value)
         return self._wsum
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,8 +112,9 @@ class PackedConv2d(_Packed):
                         plan=self._plan)  # fmt: skip
 
     def extra_repr(self) -> str:
+        pad = f", pad_value={self.pad_value:g}" if self.pad_value else ""
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, "
+                f"stride={self.stride}, padding={self.padding}{pad}, "
                 f"shift={self.input_shift is not None}, kernel={self.kernel_name!r}")  # fmt: skip
 
 

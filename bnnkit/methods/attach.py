@@ -100,6 +100,7 @@ def binarize_(
     filter_fn: FilterFn | None = None,
     *,
     keep_float: Iterable[str] | str | None = None,
+    pad_value: float | None = None,
     verbose: bool = False,
 ) -> nn.Module:
     """Attach ``method`` to the model's binary layers, in place; returns ``model``.
@@ -119,6 +120,9 @@ def binarize_(
             float. Given, it replaces the default first-conv / last-linear rule.
         keep_float: glob patterns of qualified names to keep float (e.g. ``["conv1", "fc",
             "*.downsample.*"]``). Given, it replaces the default rule too.
+        pad_value: what every attached ``BinaryConv2d`` pads its binarized input with: 0 (the
+            papers' zero padding) or ±1 (a true ±1 convolution, what Larq Compute Engine's and
+            OpenVINO's binary kernels run); ``None`` keeps each layer's own (0 by default).
         verbose: print the report (it is always logged at INFO on the ``bnnkit`` logger).
 
     Each attached layer gets the method's per-layer state (``layer.method_state``, one
@@ -153,6 +157,8 @@ def binarize_(
         )
     for name, layer in chosen:
         _attach(layer, method)
+        if pad_value is not None and isinstance(layer, BinaryConv2d):
+            layer.pad_value = pad_value
         report.attached.append(name)
     logger.info("%s", report)
     if verbose:

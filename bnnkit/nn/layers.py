@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from bnnkit.binarize import Binarizer, Scale, get_binarizer, get_scale
 from bnnkit.binarize.autograd import sign_recompute_hooks
+from bnnkit.errors import ConfigError
 from bnnkit.nn.history import SignHistory
 
 
@@ -115,12 +116,20 @@ class BinaryLayer(nn.Module):
         return ", ".join(parts)
 
 
+PAD_VALUES = (0.0, 1.0, -1.0)
+
+
 class BinaryConv2d(nn.Conv2d, BinaryLayer):
     """``nn.Conv2d`` with binarized weights and/or inputs.
 
     Args: those of ``nn.Conv2d``, plus keyword-only ``weight_binarizer``, ``input_binarizer``
-    (names from :func:`bnnkit.binarize.list_binarizers`, modules, or ``None``) and ``scale``
-    (``"none"``, ``"mean_abs"``, ``"learnable"``, a :class:`~bnnkit.binarize.Scale`, or ``None``).
+    (names from :func:`bnnkit.binarize.list_binarizers`, modules, or ``None``), ``scale``
+    (``"none"``, ``"mean_abs"``, ``"learnable"``, a :class:`~bnnkit.binarize.Scale`, or ``None``)
+    and ``pad_value``: what the binarized input is padded with, ``0`` (as every paper's code
+    trains; the default) or ``+1`` / ``-1`` (larq's ``pad_values``: the conv then is a true ±1
+    convolution at the border too, which Larq Compute Engine's and OpenVINO's binary kernels
+    run natively). With ``pad_value`` ±1 the padded input is stored for the backward (one
+    copy of it; zero padding stores none).
     """
 
     def __init__(
@@ -140,6 +149,7 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
         weight_binarizer: str | nn.Module | None = None,
         input_binarizer: str | nn.Module | None = None,
         scale: str | Scale | None = None,
+        pad_value: float = 0.0,
     ) -> None:
         super().__init__(
             in_channels,
@@ -155,6 +165,35 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
             dtype,
         )
         self._init_binary(weight_binarizer, input_binarizer, scale)
+        self.pad_value = pad_value
+
+    @property
+    def pad_value(self) -> float:
+        """The value the binarized input is padded with: 0, +1 or -1."""
+        return self._pad_value
+
+    @pad_value.setter
+    def pad_value(self, value: float) -> None:
+        if isinstance(value, bool) or value not in PAD_VALUES:
+            raise ConfigError("is not valid", location=("pad_value",), value=value,
+                              allowed="0 (zero padding), 1 or -1")  # fmt: skip
+        if value and self.padding_mode != "zeros":
+            raise ConfigError(f"needs padding_mode='zeros', not {self.padding_mode!r}",
+                              location=("pad_value",), value=value)  # fmt: skip
+        self._pad_value = float(value)
+
+    def explicit_padding(self) -> tuple[int, int]:
+        """``(pad_h, pad_w)`` on each side (``padding='same'`` resolved for odd kernels)."""
+        if self.padding == "valid":
+            return (0, 0)
+        if self.padding == "same":
+            if any((d * (k - 1)) % 2 for k, d in zip(self.kernel_size, self.dilation, strict=True)):
+                raise ConfigError("padding='same' with an even kernel pads unevenly",
+                                  location=("padding",), value="same")  # fmt: skip
+            return tuple(
+                d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation, strict=True)
+            )
+        return (int(self.padding[0]), int(self.padding[1]))
 
     @property
     def num_input_channels(self) -> int:
@@ -168,11 +207,16 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         xb, wb = self.binarized_input(x), self.binarized_weight()
+        if self._pad_value:
+            ph, pw = self.explicit_padding()
+            xb = F.pad(xb, (pw, pw, ph, ph), value=self._pad_value)
+            return F.conv2d(xb, wb, self.bias, self.stride, 0, self.dilation, self.groups)
         with self._saving_memory():
             return self._conv_forward(xb, wb, self.bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._binary_repr()}"
+        pad = f", pad_value={self._pad_value:g}" if self._pad_value else ""
+        return f"{super().extra_repr()}{pad}, {self._binary_repr()}"
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d) -> BinaryConv2d:

@@ -44,7 +44,7 @@ def model_from_checkpoint(ckpt: Checkpoint, device: torch.device | str = "cpu") 
     """Rebuild the model a checkpoint was written for and load its weights (eval mode)."""
     spec = ckpt.model_spec
     model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
-    binarize_(model, get_method(ckpt.method))
+    binarize_(model, get_method(ckpt.method), pad_value=spec.get("pad_value") or None)
     ckpt.load_model(model, "checkpoint")
     return model.to(device).eval()
 
@@ -185,6 +185,8 @@ class StageRun:
         ctx, stage = self.ctx, self.stage
         spec = {"name": ctx.cfg.model.name, "options": ctx.cfg.model.options,
                 "num_classes": ctx.data.num_classes}  # fmt: skip
+        if ctx.cfg.model.pad_value:
+            spec["pad_value"] = ctx.cfg.model.pad_value
         return Checkpoint(
             recipe=ctx.cfg.raw, config=ctx.cfg.to_dict(), stage_index=self.index,
             stage_name=stage.name, model_spec=spec, method=stage.method.to_config(),

@@ -20,7 +20,7 @@ from bnnkit.training.optim import build_optimizer
 def build_model(cfg: RunConfig, stage: StageConfig, num_classes: int) -> nn.Module:
     """The recipe's model with the stage's method attached."""
     model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.options)
-    return binarize_(model, stage.method)
+    return binarize_(model, stage.method, pad_value=cfg.model.pad_value or None)
 
 
 def trainer_for(

@@ -192,3 +192,12 @@ def test_every_shipped_recipe_loads_validates_and_takes_overrides(name):
     assert all(s.training.epochs == 1 for s in cfg.stages)
     assert cfg.data.root == "/tmp/elsewhere"
     assert cfg.name
+
+
+def test_model_pad_value_is_a_bnnkit_option_of_every_model():
+    cfg = load_recipe({**BASE, "model": {"name": "resnet20", "pad_value": -1}})
+    assert cfg.model.pad_value == -1.0 and cfg.model.options == {}
+    assert cfg.to_dict()["model"] == {"name": "resnet20", "pad_value": -1.0}
+    assert load_recipe(BASE).to_dict()["model"] == {"name": "mlp", "hidden": 32}  # 0: not written
+    with pytest.raises(ConfigError, match=r"^model\.pad_value = 2\.0 is not valid; allowed: 0"):
+        load_recipe(BASE, ["model={name: resnet20, pad_value: 2}"])

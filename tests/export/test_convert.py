@@ -190,3 +190,25 @@ def test_packed_layers_check_their_input_shape():
     lin = PackedLinear(8, 4)
     with pytest.raises(ValueError, match=r"\(N, 8\)"):
         lin(torch.randn(2, 9))
+
+
+@pytest.mark.parametrize("kernel", ["reference", "numba"])
+@pytest.mark.parametrize("pad_value", [1.0, -1.0])
+def test_packed_layers_reproduce_a_plus_minus_one_border(kernel, pad_value):
+    """A model trained with pad_value ±1 packs exactly: the kernels fill padded positions with
+    +1 words and correct by (1 - pad_value) times the weight sums per kernel position."""
+    if kernel == "numba":
+        pytest.importorskip("numba")
+    model = bnnkit.binarize_(trained_like("resnet20", "reactnet"), "reactnet", pad_value=pad_value)
+    model.eval()
+    x = sample_input("resnet20")
+    packed = convert(model, kernel=kernel)
+    assert all(
+        m.pad_value == pad_value for _, m in packed_layers(packed) if isinstance(m, PackedConv2d)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), model(x), rtol=1e-4, atol=1e-5)
+        zero = convert(
+            bnnkit.binarize_(trained_like("resnet20", "reactnet"), "reactnet"), kernel=kernel
+        )
+        assert not torch.allclose(zero(x), packed(x), rtol=1e-3)  # the border really differs

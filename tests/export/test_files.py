@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from _helpers import sample_input, trained_like
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -34,6 +35,7 @@ def test_round_trip_gives_the_same_outputs_and_header(tmp_path):
     assert header["extra"] == {"note": "x"} and header["bnnkit_version"] == bnnkit.__version__
     first = header["layers"][0]
     assert first == {"name": "layers.0.conv1", "has_shift": True, "folded_bn": "layers.0.bn1",
+                     "pad_value": 0.0,
                      "type": "conv2d", "in": 16, "out": 16, "kernel_size": [3, 3],
                      "stride": [1, 1], "padding": [1, 1]}  # fmt: skip
     loaded = load_packed(path, kernel="reference")
@@ -138,3 +140,13 @@ def test_cli_export_and_predict_give_the_checkpoint_accuracy(tmp_path, capsys):
     assert top1(got) == top1(want)
     assert main(["predict", str(file), "training.epochs=3"]) == 2
     assert "data.* overrides only" in capsys.readouterr().err
+
+
+def test_pad_value_survives_the_file(tmp_path):
+    model = bnnkit.binarize_(trained_like("resnet20", "reactnet"), "reactnet", pad_value=1)
+    model.eval()
+    path = save_packed(model, tmp_path / "m.bnn")
+    assert {e["pad_value"] for e in read_header(path)["layers"]} == {1.0}
+    x = sample_input("resnet20")
+    with torch.no_grad():
+        torch.testing.assert_close(load_packed(path)(x), model(x), rtol=1e-4, atol=1e-5)

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import bnnkit
 from bnnkit.binarize import ApproxSign, ClippedSTESign, EDESign, MeanAbsScale
+from bnnkit.errors import ConfigError
 from bnnkit.nn import BinaryConv2d, BinaryLinear, LearnableBias, RPReLU, RSign
 
 BINARY_KW = ("weight_binarizer", "input_binarizer", "scale")
@@ -19,6 +21,8 @@ BINARY_KW = ("weight_binarizer", "input_binarizer", "scale")
     ("binary", "torch_cls"), [(BinaryConv2d, nn.Conv2d), (BinaryLinear, nn.Linear)]
 )
 def test_signature_is_torch_layer_plus_three_keyword_only(binary, torch_cls):
+    """The torch layer's arguments, then the binarizer keywords (and, for the conv, the
+    pad_value of its binarized input, 0 by default: zero padding as the torch layer)."""
     ours = inspect.signature(binary).parameters
     theirs = inspect.signature(torch_cls).parameters
     positional = [p for p in ours.values() if p.kind is not p.KEYWORD_ONLY]
@@ -26,7 +30,8 @@ def test_signature_is_torch_layer_plus_three_keyword_only(binary, torch_cls):
         (p.name, p.default, p.kind) for p in theirs.values()
     ]
     kw_only = [p for p in ours.values() if p.kind is p.KEYWORD_ONLY]
-    assert [(p.name, p.default) for p in kw_only] == [(k, None) for k in BINARY_KW]
+    extra = [("pad_value", 0.0)] if binary is BinaryConv2d else []
+    assert [(p.name, p.default) for p in kw_only] == [(k, None) for k in BINARY_KW] + extra
 
 
 CONV_CASES = [
@@ -198,3 +203,36 @@ def test_binary_layers_work_with_clipped_ste_module_instances():
     layer = BinaryLinear(3, 2, weight_binarizer=ClippedSTESign(0.5), input_binarizer=ApproxSign())
     assert isinstance(layer.weight_binarizer, ClippedSTESign)
     assert layer.weight_binarizer.clip_value == 0.5
+
+
+@pytest.mark.parametrize("pad_value", [0.0, 1.0, -1.0])
+@pytest.mark.parametrize("padding", [1, (2, 1), "same"])
+def test_pad_value_pads_the_binarized_input(pad_value, padding):
+    """conv(pad(sign(x), pad_value), sign(w)): zero padding (the papers') or a ±1 border."""
+    layer = BinaryConv2d(4, 3, 3, padding=padding, bias=False, weight_binarizer="clipped_ste",
+                         input_binarizer="approx_sign", pad_value=pad_value)  # fmt: skip
+    x = torch.randn(2, 4, 5, 6, requires_grad=True)
+    ph, pw = (
+        (1, 1) if padding == "same" else (padding, padding) if isinstance(padding, int) else padding
+    )
+    sx = torch.where(x >= 0, 1.0, -1.0)
+    want = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(sx, (pw, pw, ph, ph), value=pad_value),
+        torch.where(layer.weight >= 0, 1.0, -1.0),
+    )
+    out = layer(x)
+    assert torch.equal(out, want)
+    out.sum().backward()  # the surrogate gradient reaches the input and the weight
+    assert x.grad is not None and torch.isfinite(x.grad).all() and layer.weight.grad is not None
+
+
+def test_pad_value_is_validated_and_set_by_binarize():
+    with pytest.raises(
+        ConfigError, match=r"pad_value = 0\.5 is not valid; allowed: 0 \(zero padding\), 1 or -1"
+    ):
+        BinaryConv2d(2, 2, 3, pad_value=0.5)
+    model = bnnkit.binarize_(bnnkit.create_model("resnet20"), "reactnet", pad_value=-1)
+    convs = [m for _, m in bnnkit.binary_layers(model)]
+    assert convs and all(m.pad_value == -1.0 for m in convs) and "pad_value=-1" in repr(convs[0])
+    assert all(m.pad_value == 0.0 for _, m in bnnkit.binary_layers(
+        bnnkit.binarize_(bnnkit.create_model("resnet20"), "reactnet")))  # fmt: skip

@@ -283,3 +283,13 @@ def test_resume_at_a_stage_boundary_matches_the_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     la, lb = events(tmp_path / "full", "train"), events(tmp_path / "cut", "train")
     assert [e["loss"] for e in la] == [e["loss"] for e in lb]
+
+
+def test_a_run_trained_with_pad_value_keeps_it_in_its_checkpoint(tmp_path):
+    conv = {**recipe(training={"epochs": 1}), "model": {"name": "resnet20", "pad_value": 1}}
+    conv["data"] = {**BASE["data"], "synthetic_shape": [3, 8, 8]}
+    train(conv, out=tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.model_spec["pad_value"] == 1.0 and ckpt.config["model"]["pad_value"] == 1.0
+    model = model_from_checkpoint(ckpt)
+    assert {m.pad_value for _, m in bnnkit.binary_layers(model)} == {1.0}

@@ -48,7 +48,7 @@ def _affine(
 
 def _ref_conv2d(x_bits, w_bits, in_channels, kernel_size, stride, padding, scale=None, bias=None,
                 wsum=None, plan=None):  # fmt: skip
-    dot = _ref.conv2d(x_bits, w_bits, in_channels, kernel_size, stride, padding)
+    dot = _ref.conv2d(x_bits, w_bits, in_channels, kernel_size, stride, padding, wsum)
     return _affine(dot, scale, bias, (1, -1, 1, 1))
 
 

@@ -44,13 +44,24 @@ def _xor_popcount(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat(out) if out else a.new_zeros((0, b.shape[0]))
 
 
+def padding_correction(w_bits: Tensor, in_channels: int, pad_value: float = 0.0) -> Tensor:
+    """``(1 - pad_value) * S[o, p]`` (int64 ``(O, P)``): what to subtract at a padded kernel
+    position, which the kernels fill with +1 words, so that it contributes ``pad_value * S``
+    (0 for zero padding, the Larq Compute Engine correction; nothing for +1; ``2 S`` for -1)."""
+    if pad_value not in (0.0, 1.0, -1.0):
+        raise ValueError(f"pad_value must be 0, 1 or -1, got {pad_value}")
+    return int(1 - pad_value) * weight_position_sums(w_bits, in_channels)
+
+
 def conv2d(x_bits: Tensor, w_bits: Tensor, in_channels: int, kernel_size: tuple[int, int],
-           stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:  # fmt: skip
-    """Exact ``conv2d(sign(x), sign(w))`` with zero padding of the ±1 map, int32 ``(N, O, OH, OW)``.
+           stride: tuple[int, int], padding: tuple[int, int],
+           correction: Tensor | None = None) -> Tensor:  # fmt: skip
+    """Exact ``conv2d(sign(x), sign(w))`` of the padded ±1 map, int32 ``(N, O, OH, OW)``.
 
     Every kernel position is evaluated as ``C - 2 popcount(x ^ w)``, with all-zero words (+1)
-    at padded positions; the correction ``S[o, p]`` of each padded position is then subtracted
-    (Larq Compute Engine's zero-padding correction), so padding contributes exactly 0.
+    at padded positions; the ``correction`` of each padded position is then subtracted
+    (:func:`padding_correction`; default: zero padding, Larq Compute Engine's correction, so
+    padding contributes exactly 0).
     """
     n, h, w, words = x_bits.shape
     o, kh, kw, _ = w_bits.shape
@@ -64,7 +75,9 @@ def conv2d(x_bits: Tensor, w_bits: Tensor, in_channels: int, kernel_size: tuple[
     positions = kh * kw
     dot = positions * in_channels - 2 * acc
     invalid = (~_valid_mask(h, w, (kh, kw), (sh, sw), (ph, pw))).to(torch.int64)  # (L, P)
-    dot = dot - invalid @ weight_position_sums(w_bits, in_channels).t()
+    if correction is None:
+        correction = weight_position_sums(w_bits, in_channels)
+    dot = dot - invalid @ correction.t()
     return dot.view(n, oh, ow, o).permute(0, 3, 1, 2).to(torch.int32).contiguous()
 
 
