@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from bnnkit.config import load_recipe
 from bnnkit.data import build_data
 from bnnkit.errors import ConfigError
 from bnnkit.export import ExportError
+from bnnkit.export.deploy import export_model, file_bytes, format_of
 from bnnkit.export.files import load_packed, read_header, save_packed, size_report
+from bnnkit.export.runtimes import load_runtime_model
+from bnnkit.models import model_info
 from bnnkit.runs.checkpoint import CheckpointError, load_checkpoint
 from bnnkit.runs.rundir import resolve_checkpoint
 from bnnkit.runs.stages import model_from_checkpoint
@@ -52,23 +56,41 @@ def evaluate_checkpoint(
 
 
 def export_checkpoint(
-    source: str | Path, out: str | Path, *, kernel: str = "auto"
-) -> tuple[Path, dict[str, Any]]:
-    """Convert a checkpoint (or a run directory's best checkpoint) and write the packed file.
+    source: str | Path, out: str | Path, *, kernel: str = "auto", format: str | None = None,
+    batch: int = 1,
+) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """Convert a checkpoint (or a run directory's best checkpoint) and write it in a deployment
+    format: ``bnn`` (packed), ``lce`` (``.tflite``) or ``openvino`` (``.xml``); default from
+    ``out``'s suffix.
 
     The recipe goes into the file's header (``extra.recipe``) so that ``bnnkit predict``
-    knows the data and its normalisation. Returns the file and :func:`size_report`.
+    knows the data and its normalisation. Returns the file and its size report: per packed
+    layer for ``.bnn`` (:func:`size_report`), the file against the float ``state_dict`` for the
+    runtimes (``batch``: their fixed batch).
     """
     path = resolve_checkpoint(source)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, "cpu")
     extra = {"recipe": ckpt.recipe, "source": str(path)}
-    file = save_packed(model, out, model_spec=ckpt.model_spec, extra=extra, kernel=kernel)
-    return file, size_report(model, file)
+    format = format or format_of(out)
+    if format == "bnn":
+        file = save_packed(model, out, model_spec=ckpt.model_spec, extra=extra, kernel=kernel)
+        return file, size_report(model, file)
+    shape = (batch, *model_info(ckpt.model_spec["name"]).input_size)
+    file = export_model(model, out, format=format, input_shape=shape, model_spec=ckpt.model_spec,
+                        extra=extra, kernel=kernel)  # fmt: skip
+    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    return file, {"format": format, "file_bytes": file_bytes(file), "float_state_bytes": float_bytes,
+                  "ratio": file_bytes(file) / float_bytes, "input_shape": list(shape)}  # fmt: skip
 
 
 def format_size_report(report: dict[str, Any], file: Path) -> str:
     """The size report as a table (one line per binary layer, then the totals)."""
+    if "layers" not in report:  # a runtime file
+        mib = 1024 * 1024
+        return (f"{report['format']} file {file}: {report['file_bytes'] / mib:.2f} MiB for input "
+                f"{tuple(report['input_shape'])}; float state_dict {report['float_state_bytes'] / mib:.2f} "
+                f"MiB; ratio {report['ratio']:.4f} (1/{1 / report['ratio']:.1f})")  # fmt: skip
     lines = [f"{'binary layer':<28} {'float KiB':>10} {'packed KiB':>11} {'ratio':>8}"]
     for layer in report["layers"]:
         packed = layer["packed_bytes"] + layer["scale_bytes"]
@@ -86,12 +108,33 @@ def format_size_report(report: dict[str, Any], file: Path) -> str:
     return "\n".join(lines)
 
 
+class _RuntimeModule(nn.Module):
+    """A runtime model (``predict`` on numpy arrays) as a module for :func:`evaluate`."""
+
+    def __init__(self, runtime: Any) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runtime.predict(x.numpy()))
+
+
 def evaluate_packed(
-    file: str | Path, overrides: Sequence[str] = (), *, kernel: str = "auto"
-) -> dict[str, float]:
-    """Top-1 / top-5 of a packed model on the validation split of its recipe's data
+    file: str | Path, overrides: Sequence[str] = (), *, kernel: str = "auto",
+    threads: int | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Top-1 / top-5 of a deployed model (``.bnn`` packed file, ``.tflite`` in Larq Compute
+    Engine's interpreter, ``.xml`` in OpenVINO) on the validation split of its recipe's data
     (``data.*`` overrides, e.g. ``data.root=...``), on CPU; also images/s."""
-    header = read_header(file)
+    runtime = None
+    if Path(file).suffix in (".tflite", ".xml"):
+        runtime, header = load_runtime_model(file, num_threads=threads)
+        if not header:
+            raise ExportError(
+                f"{file} holds no bnnkit header (it was not written by `bnnkit export`)"
+            )
+    else:
+        header = read_header(file)
     recipe = header["extra"].get("recipe")
     if recipe is None:
         raise ExportError(f"{file} stores no recipe (it was not written by `bnnkit export`); "
@@ -102,7 +145,7 @@ def evaluate_packed(
     classes = header["model"]["num_classes"]
     if data.num_classes != classes:
         raise ExportError(f"the data has {data.num_classes} classes but the packed model {classes}")
-    model = load_packed(file, kernel=kernel)
+    model = load_packed(file, kernel=kernel) if runtime is None else _RuntimeModule(runtime)
     t0 = time.perf_counter()
     with torch.inference_mode():
         metrics = evaluate(model, data.val, Dist(), contextlib.nullcontext)
