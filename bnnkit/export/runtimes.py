@@ -31,7 +31,10 @@ HEADER_KEY = "bnnkit"  # TFLite metadata name / OpenVINO rt_info key of bnnkit's
 
 def lce_interpreter_class() -> Any:
     """LCE's ``Interpreter`` class, imported without TensorFlow; a clear error where it cannot run."""
-    spec = importlib.util.find_spec("larq_compute_engine")
+    loaded = sys.modules.get("larq_compute_engine")
+    spec = (
+        loaded.__spec__ if loaded is not None else importlib.util.find_spec("larq_compute_engine")
+    )
     if spec is None or spec.submodule_search_locations is None:
         raise MissingDependencyError(
             'running a .tflite model needs Larq Compute Engine: pip install "bnnkit[runtimes]" '
@@ -45,6 +48,7 @@ def lce_interpreter_class() -> Any:
     if "larq_compute_engine" not in sys.modules:  # its __init__ imports TensorFlow: skip it
         package = types.ModuleType("larq_compute_engine")
         package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
         sys.modules["larq_compute_engine"] = package
     from larq_compute_engine.tflite.python.interpreter import Interpreter
 
@@ -52,8 +56,8 @@ def lce_interpreter_class() -> Any:
 
 
 class LCEModel:
-    """A ``.tflite`` model in LCE's interpreter. Its input is NHWC: ``predict`` takes NCHW
-    (or ``(N, F)``) arrays as bnnkit models do and transposes them.
+    """A ``.tflite`` model in LCE's interpreter. Its tensors are NHWC: ``predict`` takes and
+    returns NCHW (or ``(N, F)``) arrays as bnnkit models do, transposing them.
 
     Args:
         path_or_bytes: the ``.tflite`` file or its bytes.
@@ -81,7 +85,8 @@ class LCEModel:
             raise ExportError(f"the model takes batches of {batch}; got {x.shape[0]} samples")
         chunks = [x[i : i + batch] for i in range(0, x.shape[0], batch)]
         outs = [self.interpreter.interpreter.predict([np.ascontiguousarray(c)])[0] for c in chunks]
-        return np.concatenate(outs)
+        out = np.concatenate(outs)
+        return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out  # back to NCHW
 
 
 class OpenVINOModel:

@@ -1,0 +1,165 @@
+"""Exactness of the runtime exports (Larq Compute Engine's interpreter, OpenVINO's CPU plugin)
+against bnnkit's reference, over the model and method registries.
+
+* Every binary layer: given the same input, the runtime's binary product is the reference's
+  integer popcount product exactly (checked layer by layer: a one-layer model per binary op of
+  the lowered graph, fed the reference's input of that op).
+* Whole models: logits within float rounding and the same top-1. The float layers round
+  differently in each runtime (other summation orders, fused batch norms), so a value within
+  rounding distance of a sign threshold can binarize differently and change the logits: the
+  whole-model comparison uses inputs whose every binarized value is farther than that from its
+  threshold (``_margin``), which is what makes it exact; the per-layer test has no such need.
+
+The runtimes are optional (``pip install "bnnkit[runtimes]"``); each test skips with the reason
+where one cannot run (LCE: Python 3.13+ or numpy 2; OpenVINO: not installed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from _helpers import sample_input, trained_like
+
+import bnnkit
+from bnnkit.errors import MissingDependencyError
+from bnnkit.export import convert
+from bnnkit.export.graph import Graph, Op, _run_op, lower
+from bnnkit.export.lce import to_tflite
+from bnnkit.export.runtimes import LCEModel, OpenVINOModel, lce_interpreter_class
+
+BINARY_METHODS = [m for m in bnnkit.list_methods() if m != "float"]
+MODELS = ["resnet20", "resnet18_cifar", "vgg_small", "mlp", "resnet18", "reactnet_resnet18", "reactnet_a"]  # fmt: skip
+
+
+def _available(runtime: str) -> str | None:
+    """Why ``runtime`` cannot run here (None when it can)."""
+    try:
+        if runtime == "lce":
+            import flatbuffers  # noqa: F401
+            import tflite  # noqa: F401
+
+            lce_interpreter_class()
+        else:
+            import openvino  # noqa: F401
+    except (ImportError, MissingDependencyError) as exc:
+        return f"{runtime} cannot run here: {exc}"
+    return None
+
+
+RUNTIMES = [pytest.param(r, marks=pytest.mark.skipif(bool(_available(r)), reason=_available(r) or ""))
+            for r in ("lce", "openvino")]  # fmt: skip
+
+
+def _runtime(runtime: str, graph: Graph):
+    if runtime == "lce":
+        return LCEModel(to_tflite(graph))
+    from bnnkit.export.openvino import to_openvino
+
+    return OpenVINOModel(to_openvino(graph))
+
+
+def _values(graph: Graph, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    values = {graph.input: x}
+    for op in graph.ops[1:]:
+        values[op.name] = _run_op(op, [values[i] for i in op.inputs])
+    return values
+
+
+def _binary(graph: Graph) -> list[Op]:
+    return [op for op in graph.ops if op.kind in ("bconv2d", "blinear")]
+
+
+def _dot(op: Op, y: np.ndarray) -> np.ndarray:
+    """The integer product back from a binary op's output ``scale * dot + bias``."""
+    view = (1, -1, 1, 1) if y.ndim == 4 else (1, -1)
+    return (y - op.tensors["bias"].reshape(view)) / op.tensors["scale"].reshape(view)
+
+
+def _check_layers(runtime: str, name: str, method: str) -> int:
+    model = trained_like(name, method)
+    x = sample_input(name, batch=1)
+    graph = lower(convert(model, check=False), tuple(x.shape))
+    values = _values(graph, x)
+    for op in _binary(graph):
+        xin = values[op.inputs[0]]
+        single = Graph(
+            [Op("input", "x", [], tuple(xin.shape)), dataclasses.replace(op, inputs=["x"])],
+            "x",
+            op.name,
+        )
+        got = _dot(op, _runtime(runtime, single).predict(xin.numpy()))
+        want = _dot(op, values[op.name].numpy())
+        assert np.abs(got - np.round(got)).max() < 1e-2, op.name  # an integer product
+        assert np.array_equal(np.round(got), np.round(want)), (op.name, np.abs(got - want).max())
+    return len(_binary(graph))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_binary_layer_of_every_model_is_exact(runtime, name):
+    """Popcount products identical to the reference for each binary layer (ReActNet's
+    shifted sign: the method with per-channel input shifts)."""
+    assert _check_layers(runtime, name, "reactnet") > 0
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("method", BINARY_METHODS)
+def test_every_method_binary_layers_are_exact(runtime, method):
+    assert _check_layers(runtime, "resnet20", method) == 18
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("pad_value", [1.0, -1.0])
+def test_plus_minus_one_padding_is_exact(runtime, pad_value):
+    model = bnnkit.binarize_(trained_like("resnet20", "reactnet"), "reactnet", pad_value=pad_value)
+    x = sample_input("resnet20", batch=1)
+    graph = lower(convert(model.eval(), check=False), tuple(x.shape))
+    values = _values(graph, x)
+    op = _binary(graph)[6]  # a stride-2 layer: TFLite's SAME is not PyTorch's padding there
+    assert op.attrs["stride"] == (2, 2)
+    xin = values[op.inputs[0]]
+    single = Graph(
+        [Op("input", "x", [], tuple(xin.shape)), dataclasses.replace(op, inputs=["x"])],
+        "x",
+        op.name,
+    )
+    got = _dot(op, _runtime(runtime, single).predict(xin.numpy()))
+    assert np.array_equal(np.round(got), np.round(_dot(op, values[op.name].numpy())))
+
+
+def _margin(graph: Graph, x: torch.Tensor) -> float:
+    """The smallest |value| a binary layer takes the sign of, relative to the largest."""
+    values = _values(graph, x)
+    worst = float("inf")
+    for op in _binary(graph):
+        z = values[op.inputs[0]]
+        if "shift" in op.tensors:
+            z = z + torch.from_numpy(op.tensors["shift"]).view(1, -1, *([1] * (z.ndim - 2)))
+        worst = min(worst, float(z.abs().min() / z.abs().max()))
+    return worst
+
+
+def _candidates(name: str, n: int = 32) -> list[torch.Tensor]:
+    shape = sample_input(name, batch=1).shape
+    return [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in range(n)]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("method", BINARY_METHODS)
+@pytest.mark.parametrize("name", ["resnet20", "resnet18_cifar", "vgg_small", "mlp"])
+def test_whole_model_logits_and_top1(runtime, name, method):
+    model = trained_like(name, method)
+    graph = lower(convert(model, check=False), tuple(sample_input(name, batch=1).shape))
+    x = max(_candidates(name), key=lambda c: _margin(graph, c))  # the farthest from a threshold
+    # the float layers here deviate by up to ~1.2e-6 (relative) between runtimes (measured)
+    assert _margin(graph, x) > 5e-6, "no input far enough from every threshold for an exact check"
+    got = _runtime(runtime, graph).predict(x.numpy())
+    with torch.no_grad():
+        want = model(x).numpy()
+    # LCE computes a binary layer's output as (2 popcount) * (-m) + (b + K m) in float32: its
+    # rounding grows with K |m|, so the absolute tolerance follows the logits' scale
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    assert (got.argmax(1) == want.argmax(1)).all()
