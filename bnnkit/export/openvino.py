@@ -113,6 +113,7 @@ class _Builder:
             weights = np.concatenate([weights, fill], axis=1)
         fq_t = _const(ops, thresholds.reshape(1, -1, 1, 1))
         xb = ops.fake_quantize(x, fq_t, fq_t, _const(ops, F32(0)), _const(ops, F32(1)), 2)
+        xb.set_friendly_name(f"{_source(op)}/sign")
         ph, pw = padding
         y = ops.binary_convolution(
             xb,
@@ -124,10 +125,12 @@ class _Builder:
             "xnor-popcount",
             float(pad_value),
         )
+        y.set_friendly_name(f"{_source(op)}/binary_conv")
         corr = _extra_channel_correction(weights, c, in_hw, stride, padding, pad_value)
         if corr is not None:
             y = ops.add(y, _const(ops, corr))
         y = ops.multiply(y, _const(ops, _channel(t["scale"], 4)))
+        y.set_friendly_name(f"{_source(op)}/scale")
         return ops.add(y, _const(ops, _channel(t["bias"], 4)))
 
     def op_bconv2d(self, op: Op, x: Any) -> Any:
@@ -167,6 +170,7 @@ class _Builder:
         ops, t, ndim = self.ops, op.tensors, len(op.shape)
         if "mul" in t:
             x = ops.multiply(x, _const(ops, _channel(t["mul"], ndim)))
+            x.set_friendly_name(f"{_source(op)}/mul")
         return ops.add(x, _const(ops, _channel(t["add"], ndim)))
 
     def op_clamp(self, op: Op, x: Any) -> Any:
@@ -220,9 +224,19 @@ class _Builder:
             handler = getattr(self, f"op_{op.kind}", None)
             if handler is None:
                 raise ExportError(f"{op.kind} ({op.attrs.get('source')}) has no OpenVINO export")
-            self.nodes[op.name] = handler(op, *[self.nodes[i] for i in op.inputs])
+            node = handler(op, *[self.nodes[i] for i in op.inputs])
+            # profiling (PERF_COUNT) and error messages name the bnnkit layer
+            (node.get_node() if isinstance(node, self.ov.Output) else node).set_friendly_name(
+                _source(op)
+            )
+            self.nodes[op.name] = node
         out = self.nodes[self.graph.output]
         return self.ov.Model([out], [param], "bnnkit")
+
+
+def _source(op: Op) -> str:
+    """The module an op comes from (``layer1.0.conv1``), else the op's own name."""
+    return str(op.attrs.get("source") or op.name)
 
 
 def _extra_channel_correction(weights: np.ndarray, c: int, in_hw: tuple, stride: tuple,

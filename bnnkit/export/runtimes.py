@@ -90,10 +90,15 @@ class LCEModel:
 
 
 class OpenVINOModel:
-    """An OpenVINO ``.xml`` model compiled for the CPU (NCHW input, as the bnnkit model)."""
+    """An OpenVINO ``.xml`` model compiled for the CPU (NCHW input, as the bnnkit model).
+
+    ``precision`` is the plugin's ``INFERENCE_PRECISION_HINT``: ``"f32"`` (the default here,
+    so that float ops match PyTorch's within float rounding), ``"bf16"``, or ``None`` for the
+    plugin's own choice (bf16 on CPUs with AVX-512 BF16 or AMX). Binary convolutions are exact
+    at any precision; the float ops around them are not at bf16."""
 
     def __init__(self, path_or_model: str | Path | Any, num_threads: int | None = None,
-                 precision: str = "f32") -> None:  # fmt: skip
+                 precision: str | None = "f32") -> None:  # fmt: skip
         from bnnkit.export.openvino import openvino
 
         ov, _ = openvino()
@@ -103,19 +108,22 @@ class OpenVINOModel:
             if isinstance(path_or_model, (str, Path))
             else path_or_model
         )
-        config = {"INFERENCE_PRECISION_HINT": precision}
+        config: dict[str, Any] = (
+            {} if precision is None else {"INFERENCE_PRECISION_HINT": precision}
+        )
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
         self.compiled = core.compile_model(model, "CPU", config)
         self.input_shape = tuple(model.inputs[0].get_shape())
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self._request = self.compiled.create_infer_request()
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         batch = self.input_shape[0]
         if x.shape[0] % batch:
             raise ExportError(f"the model takes batches of {batch}; got {x.shape[0]} samples")
-        request = self.compiled.create_infer_request()
-        outs = [request.infer([np.ascontiguousarray(x[i : i + batch])])[0].copy()
+        outs = [self._request.infer([np.ascontiguousarray(x[i : i + batch])])[0].copy()
                 for i in range(0, x.shape[0], batch)]  # fmt: skip
         return np.concatenate(outs)
 

@@ -163,3 +163,28 @@ def test_whole_model_logits_and_top1(runtime, name, method):
     # rounding grows with K |m|, so the absolute tolerance follows the logits' scale
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
     assert (got.argmax(1) == want.argmax(1)).all()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_openvino_runs_its_binary_kernel_and_files_stay_small(runtime, tmp_path):
+    """Each binary layer is one BinaryConvolution node of OpenVINO's CPU plugin (its JIT
+    kernel), and both runtime files of resnet18 are under 1/10 of the float state_dict."""
+    model = trained_like("resnet18", "reactnet", classes=1000)
+    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    path = bnnkit.export.export_model(
+        model, tmp_path / ("m.tflite" if runtime == "lce" else "m.xml")
+    )
+    assert bnnkit.export.file_bytes(path) < float_bytes / 10
+    if runtime == "openvino":
+        types = OpenVINOModel(path).layer_types()
+        assert types.get("BinaryConvolution") == 16, types  # resnet18's 16 binary convs
+        import openvino as ov
+
+        names = {node.get_friendly_name() for node in ov.Core().read_model(str(path)).get_ops()}
+        # profiling (PERF_COUNT) names the bnnkit layers
+        assert {
+            "layer1.0.conv1/sign",
+            "layer1.0.conv1/binary_conv",
+            "layer4.1.conv2",
+            "fc",
+        } <= names
