@@ -43,6 +43,7 @@ from torch.nn import functional as F
 
 import bnnkit
 from bnnkit.export import convert, export_model, file_bytes, lower
+from bnnkit.export.files import float_state_bytes
 from bnnkit.export.graph import Graph, Op, _run_op
 from bnnkit.export.lce import to_tflite
 from bnnkit.export.openvino import to_openvino
@@ -281,7 +282,7 @@ def model_rows(name: str, threads: int, rounds: int) -> dict:
 
 def size_rows() -> dict:
     model = trained_like("resnet18", "reactnet")
-    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    float_bytes = float_state_bytes(model)  # without the sign history, as `bnnkit export` reports
     out = {"float_state_bytes": float_bytes}
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, name in (("bnn", "m.bnn"), ("openvino", "m.xml"), ("lce", "m.tflite")):

@@ -33,7 +33,7 @@ from bnnkit._version import __version__
 from bnnkit.export.convert import ExportError, _set_module, convert, packed_layers
 from bnnkit.export.layers import PackedConv2d, PackedLinear
 from bnnkit.models import create_model
-from bnnkit.nn import binary_layers
+from bnnkit.nn import SignHistory, binary_layers
 
 FORMAT = "bnnkit-packed"
 FORMAT_VERSION = "2"  # 2: conv layers record their pad_value
@@ -160,11 +160,22 @@ def load_packed(path: str | Path, *, kernel: str = "auto") -> nn.Module:
     return model.eval()
 
 
+def float_state_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s ``state_dict`` as the float network stores it: parameters and
+    buffers, without bnnkit's training bookkeeping (the per-layer sign history, 2 bytes per
+    binary weight, which no float or deployed model carries)."""
+    history = {f"{name}.{key}" for name, m in model.named_modules() if isinstance(m, SignHistory)
+               for key in m.state_dict()}  # fmt: skip
+    return sum(
+        v.numel() * v.element_size() for k, v in model.state_dict().items() if k not in history
+    )
+
+
 def size_report(model: nn.Module, packed_path: str | Path) -> dict[str, Any]:
     """Sizes of a trained model's float ``state_dict`` and of its packed file, overall and
     per packed layer: the float latent weight's bytes against the bytes of the weight bits
     stored in the file (read from the file's tensor shapes) and of its scale and bias."""
-    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    float_bytes = float_state_bytes(model)
     layers = []
     with safe_open(str(packed_path), framework="pt") as f:
         for entry in read_header(packed_path)["layers"]:

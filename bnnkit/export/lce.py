@@ -22,8 +22,8 @@ https://docs.larq.dev/compute-engine/api/operators; each point checked in LCE's 
 * Padding: SAME with ``pad_values = 1`` pads with +1 on every kernel; SAME with
   ``pad_values = 0`` is true zero padding, allowed for a float output with no fused
   activation on LCE's optimized kernels (the reference kernel needs an even ``C``). TFLite's
-  SAME pads the bottom / right more where the total is odd, so it equals PyTorch's symmetric
-  padding only for stride 1 and ``padding = (k - 1) / 2``. Measured here: LCE 0.16's optimized
+  SAME pads ``total // 2`` before and the rest after (``tensorflow/lite/kernels/padding.h``),
+  so at stride 2 on an even size it pads only after, where PyTorch pads before. Measured here: LCE 0.16's optimized
   kernels (the default and the indirect BGEMM) get the zero-padded border wrong when the image
   is smaller than the kernel (a 3x3 conv of a 1x1 or 2x2 image: errors up to 176); bnnkit
   uses its explicit path there.
@@ -31,15 +31,18 @@ https://docs.larq.dev/compute-engine/api/operators; each point checked in LCE's 
 What bnnkit writes for each lowered op (NHWC throughout; the model input is ``(N, H, W, C)``):
 
 * ``bconv2d``: [ADD of the input shift] -> [PADV2 with -1 for ``pad_value`` -1] ->
-  ``LceQuantize`` -> [PAD of the packed words with +1 bits] -> ``LceBconv2d`` (float output,
-  the folded scale and batch norm as multiplier / bias). Zero padding (what the papers train)
-  uses LCE's SAME ``pad_values = 0`` where TFLite's SAME is PyTorch's padding (stride 1), and
-  otherwise +1 padding followed by an ADD of the exact border correction
-  ``-scale[o] * sum over padded kernel positions of the weight signs`` (a constant
-  ``[1, OH, OW, O]``). ``pad_value`` +1 is LCE's SAME ``pad_values = 1`` (or the padded words).
+  ``LceQuantize`` -> [PAD of the packed words] -> ``LceBconv2d`` (float output, the folded
+  scale and batch norm as multiplier / bias) -> [SLICE]. Zero padding (what the papers train)
+  and ``pad_value`` +1 use LCE's SAME (``pad_values`` 0 or 1) wherever TFLite's SAME can put
+  its windows where PyTorch's padding does (:func:`same_extension`): at stride 1 directly, at
+  ResNet's stride-2 convs on even sizes after appending one row and column that only an extra,
+  cropped output reads. Elsewhere (e.g. an image smaller than the kernel) the packed words are
+  padded with +1 bits and, for zero padding, an ADD of the exact border correction
+  ``-scale[o] * sum over padded kernel positions of the weight signs`` follows (a constant
+  ``[1, OH, OW, O]``).
 * ``blinear``: LCE has no binary dense op, so a binary Linear is a 1x1 ``LceBconv2d`` on the
   ``(N, 1, 1, C)`` reshaped input.
-* float ops: CONV_2D (OHWI), FULLY_CONNECTED, MUL / ADD (batch norms, shifts), RELU_N1_TO_1 /
+* float ops: CONV_2D (OHWI; SAME as for ``bconv2d``, else an explicit PAD), FULLY_CONNECTED, MUL / ADD (batch norms, shifts), RELU_N1_TO_1 /
   RELU6 / MAXIMUM+MINIMUM (hardtanh), RELU, PRELU, ADD, CONCATENATION, AVERAGE_POOL_2D /
   MAX_POOL_2D (explicit PAD / PADV2 where PyTorch pads), MEAN, PAD (channel padding),
   TRANSPOSE + RESHAPE (flatten in PyTorch's channel-first order).
@@ -76,10 +79,30 @@ def bitpack(x: np.ndarray) -> np.ndarray:
     return packed.view(np.int32)
 
 
-def _same_is_symmetric(kernel: tuple, stride: tuple, padding: tuple) -> bool:
-    return tuple(stride) == (1, 1) and all(
-        p == (k - 1) // 2 and k % 2 for k, p in zip(kernel, padding, strict=True)
-    )
+def same_extension(size: int, kernel: int, stride: int, padding: int) -> int | None:
+    """Rows (or columns) to append to an input of ``size`` so that TFLite's SAME padding puts
+    its windows where PyTorch's symmetric ``padding`` does: the first PyTorch-many outputs are
+    then PyTorch's, the rest is cropped. ``None`` where no extension does.
+
+    TFLite's SAME pads ``total = max((ceil(n / s) - 1) s + k - n, 0)``, ``total // 2`` before
+    (``tensorflow/lite/kernels/padding.h``); an appended row may only be read by a cropped
+    window, so it is allowed only where PyTorch's windows read no bottom padding."""
+    out = (size + 2 * padding - kernel) // stride + 1
+    last = stride * (out - 1) - padding + kernel - 1  # the last input row PyTorch's windows read
+    for extra in range(kernel + stride):
+        n = size + extra
+        n_out = -(-n // stride)
+        total = max((n_out - 1) * stride + kernel - n, 0)
+        if total // 2 == padding and n_out >= out and (extra == 0 or last < size):
+            return extra
+    return None
+
+
+def _same_plan(kernel: tuple, stride: tuple, padding: tuple, hw: tuple) -> tuple[int, int] | None:
+    plan = [
+        same_extension(n, k, s, p) for n, k, s, p in zip(hw, kernel, stride, padding, strict=True)
+    ]
+    return None if None in plan else (plan[0], plan[1])
 
 
 def border_correction(
@@ -155,6 +178,14 @@ class _Writer:
         inputs.append(self.const(f"{name}/value", np.array([value], np.float32)))
         return self.builtin("PADV2", inputs, y, "PadV2Options")
 
+    def crop(self, x: int, op: Op) -> int:
+        """The leading ``op.shape`` part of ``x`` (SLICE from the origin) as ``op``'s output."""
+        out = self.out(op, (self.m.shape(x)[0], *_nhwc(op.shape)[1:]))
+        shape, name = self.m.shape(out), op.name
+        inputs = [x, self.const(f"{name}/begin", np.zeros(len(shape), np.int32), INT32),
+                  self.const(f"{name}/size", np.array(shape, np.int32), INT32)]  # fmt: skip
+        return self.builtin("SLICE", inputs, out, "SliceOptions")
+
     # -- binary ops -----------------------------------------------------------------------------
     def bconv(
         self, op: Op, x: int, signs: np.ndarray, stride: tuple, padding: tuple, pad_value: float
@@ -168,7 +199,8 @@ class _Writer:
         kernel = signs.shape[2:]
         # LCE's optimized kernels get the border wrong where the image is smaller than the
         # kernel (measured: 2x2 input, 3x3 kernel); the explicit path is exact there
-        same_ok = _same_is_symmetric(kernel, stride, padding) and h >= kernel[0] and w >= kernel[1]
+        same = _same_plan(kernel, stride, padding, (h, w))
+        same_ok = same is not None and h >= kernel[0] and w >= kernel[1]
         ph, pw = padding
         padded = (ph, pw) != (0, 0)
         if padded and pad_value == -1.0:  # -1 bits for every channel: pad the floats first
@@ -180,9 +212,12 @@ class _Writer:
             n, h, w, c = self.m.shape(x)
         bits = self.tmp(f"{op.name}/bits", (n, h, w, -(-c // BITS)), INT32)
         self.m.custom_op("LceQuantize", [x], [bits])
-        mode, pad_values, correction = "VALID", 0, None
+        mode, pad_values, correction, crop = "VALID", 0, None, False
         if padded and same_ok:
             mode, pad_values = "SAME", int(pad_value == 1.0)  # LCE's +1 or zero padding
+            if same != (0, 0):  # rows / columns only cropped windows read (see same_extension)
+                bits = self.pad(bits, f"{op.name}/extend", [[0, 0], [0, same[0]], [0, same[1]], [0, 0]],
+                                dtype=INT32)  # fmt: skip
         elif padded:  # TFLite's SAME is not PyTorch's here: pad the words with +1 bits
             if pad_value == 0.0:
                 correction = border_correction(signs, (h, w), stride, (ph, pw))
@@ -192,11 +227,16 @@ class _Writer:
         filt = self.const(f"{op.name}/filter", bitpack(signs.transpose(0, 2, 3, 1)), INT32)
         scale, bias = t["scale"], t["bias"]
         out_shape = (n, *_nhwc(op.shape)[1:])
-        y = (
-            self.tmp(f"{op.name}/bconv", out_shape)
-            if correction is not None
-            else self.out(op, out_shape)
-        )
+        if mode == "SAME":  # TFLite's SAME gives ceil(n / s) outputs: crop the extra ones
+            hb, wb = self.m.shape(bits)[1:3]
+            full = (n, -(-hb // stride[0]), -(-wb // stride[1]), out_shape[3])
+            crop = full != out_shape
+        if crop:
+            y = self.tmp(f"{op.name}/bconv", full)
+        elif correction is not None:
+            y = self.tmp(f"{op.name}/bconv", out_shape)
+        else:
+            y = self.out(op, out_shape)
         inputs = [
             bits,
             filt,
@@ -209,6 +249,8 @@ class _Writer:
                          "padding": {"SAME": 0, "VALID": 1}[mode],
                          "stride_height": int(stride[0]), "stride_width": int(stride[1])})  # fmt: skip
         self.m.custom_op("LceBconv2d", inputs, [y], options)
+        if crop:
+            return self.crop(y, op)
         if correction is None:
             return y
         add = -scale[None, None, :] * correction  # (OH, OW, O) broadcast over the batch
@@ -247,16 +289,27 @@ class _Writer:
             raise ExportError(f"float conv {a['source']!r}: groups={a['groups']} has no LCE export")
         weight = t["weight"].transpose(0, 2, 3, 1)
         bias = t["bias"] if t["bias"] is not None else np.zeros(weight.shape[0], np.float32)
-        mode = "VALID"
+        mode, full = "VALID", None
         if tuple(a["padding"]) != (0, 0):
-            if _same_is_symmetric(weight.shape[1:3], a["stride"], a["padding"]):
+            n, h, w, _ = self.m.shape(x)
+            same = _same_plan(weight.shape[1:3], a["stride"], a["padding"], (h, w))
+            if same is not None:
                 mode = "SAME"
+                if same != (0, 0):  # rows / columns only cropped windows read (see same_extension)
+                    x = self.pad(
+                        x, f"{op.name}/extend", [[0, 0], [0, same[0]], [0, same[1]], [0, 0]]
+                    )
+                sh, sw = a["stride"]
+                full = (n, -(-(h + same[0]) // sh), -(-(w + same[1]) // sw), weight.shape[0])
+                full = None if full == (n, *_nhwc(op.shape)[1:]) else full
             else:
                 ph, pw = a["padding"]
                 x = self.pad(x, f"{op.name}/pad", [[0, 0], [ph, ph], [pw, pw], [0, 0]])
         inputs = [x, self.const(f"{op.name}/weight", weight), self.const(f"{op.name}/bias", bias)]
-        return self.builtin("CONV_2D", inputs, self.out(op), "Conv2DOptions", padding={"SAME": 0, "VALID": 1}[mode],
-                            stride_w=a["stride"][1], stride_h=a["stride"][0], dilation_w_factor=1, dilation_h_factor=1)  # fmt: skip
+        out = self.out(op) if full is None else self.tmp(f"{op.name}/full", full)
+        y = self.builtin("CONV_2D", inputs, out, "Conv2DOptions", padding={"SAME": 0, "VALID": 1}[mode],
+                         stride_w=a["stride"][1], stride_h=a["stride"][0], dilation_w_factor=1, dilation_h_factor=1)  # fmt: skip
+        return y if full is None else self.crop(y, op)
 
     def op_linear(self, op: Op, x: int) -> int:
         t = op.tensors

@@ -17,7 +17,13 @@ from bnnkit.data import build_data
 from bnnkit.errors import ConfigError
 from bnnkit.export import ExportError
 from bnnkit.export.deploy import export_model, file_bytes, format_of
-from bnnkit.export.files import load_packed, read_header, save_packed, size_report
+from bnnkit.export.files import (
+    float_state_bytes,
+    load_packed,
+    read_header,
+    save_packed,
+    size_report,
+)
 from bnnkit.export.runtimes import load_runtime_model
 from bnnkit.models import model_info
 from bnnkit.runs.checkpoint import CheckpointError, load_checkpoint
@@ -79,7 +85,7 @@ def export_checkpoint(
     shape = (batch, *model_info(ckpt.model_spec["name"]).input_size)
     file = export_model(model, out, format=format, input_shape=shape, model_spec=ckpt.model_spec,
                         extra=extra, kernel=kernel)  # fmt: skip
-    float_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    float_bytes = float_state_bytes(model)
     return file, {"format": format, "file_bytes": file_bytes(file), "float_state_bytes": float_bytes,
                   "ratio": file_bytes(file) / float_bytes, "input_shape": list(shape)}  # fmt: skip
 

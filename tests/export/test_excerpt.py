@@ -118,7 +118,8 @@ def test_trained_resnet20_gives_the_same_top1_in_the_runtimes(run_dir, tmp_path,
     if reason:
         pytest.skip(reason)
     file, report = export_checkpoint(run_dir, tmp_path / f"r20{suffix}")
-    assert report["ratio"] < 0.15  # resnet20's float stem and classifier weigh most
+    # the .xml's text graph (~120 KB for resnet20) outweighs its .bin (~40 KB) at this size
+    assert report["ratio"] < (0.2 if suffix == ".xml" else 0.1)
 
     model, x = _validation(run_dir)
     runtime, _ = load_runtime_model(file)

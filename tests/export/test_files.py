@@ -150,3 +150,16 @@ def test_pad_value_survives_the_file(tmp_path):
     x = sample_input("resnet20")
     with torch.no_grad():
         torch.testing.assert_close(load_packed(path)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_float_state_bytes_leaves_out_the_sign_history():
+    """The size reports' denominator: the state_dict without the 2 bytes per binary weight of
+    the sign history (``negative`` and ``flipped``, bool)."""
+    from bnnkit.export.files import float_state_bytes
+
+    model = bnnkit.binarize_(bnnkit.create_model("resnet20"), "ste")
+    total = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    binary_weights = sum(layer.weight.numel() for _, layer in bnnkit.binary_layers(model))
+    assert binary_weights > 0
+    assert float_state_bytes(model) == total - 2 * binary_weights
+    assert float_state_bytes(model) == float_state_bytes(bnnkit.create_model("resnet20"))
