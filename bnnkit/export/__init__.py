@@ -29,12 +29,15 @@ from bnnkit.export.pack import (
     popcount,
     unpack_signs,
 )
+from bnnkit.export.runtimes import LCEModel, OpenVINOModel, load_runtime_model
 
 __all__ = [
     "FORMATS",
     "ExportError",
     "Graph",
+    "LCEModel",
     "Op",
+    "OpenVINOModel",
     "PackedConv2d",
     "PackedLinear",
     "batchnorm_pairs",
@@ -46,6 +49,7 @@ __all__ = [
     "input_shift",
     "list_kernels",
     "load_packed",
+    "load_runtime_model",
     "lower",
     "pack_activations",
     "pack_conv_weight",
