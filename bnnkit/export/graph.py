@@ -296,7 +296,14 @@ def _run_op(op: Op, xs: list[torch.Tensor]) -> torch.Tensor:
 def run(graph: Graph, x: torch.Tensor) -> torch.Tensor:
     """Execute the lowered ops in float64-free plain torch (a reference for the runtimes: the
     binary products are exact integers, so it matches the packed model up to float rounding)."""
+    return run_all(graph, x)[graph.output]
+
+
+def run_all(graph: Graph, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every op's output of :func:`run`, by op name (the input under ``graph.input``): what a
+    runtime's probes are compared with."""
     values = {graph.input: x.float()}
-    for op in graph.ops[1:]:
-        values[op.name] = _run_op(op, [values[i] for i in op.inputs])
-    return values[graph.output]
+    with torch.no_grad():
+        for op in graph.ops[1:]:
+            values[op.name] = _run_op(op, [values[i] for i in op.inputs])
+    return values

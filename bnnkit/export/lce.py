@@ -42,15 +42,13 @@ What bnnkit writes for each lowered op (NHWC throughout; the model input is ``(N
   ``[1, OH, OW, O]``).
 * ``blinear``: LCE has no binary dense op, so a binary Linear is a 1x1 ``LceBconv2d`` on the
   ``(N, 1, 1, C)`` reshaped input.
-* float ops: CONV_2D (OHWI; SAME as for ``bconv2d``, else an explicit PAD), FULLY_CONNECTED, MUL / ADD (batch norms, shifts), RELU_N1_TO_1 /
-  RELU6 / MAXIMUM+MINIMUM (hardtanh), RELU, PRELU, ADD, CONCATENATION, AVERAGE_POOL_2D /
-  MAX_POOL_2D (explicit PAD / PADV2 where PyTorch pads), MEAN, PAD (channel padding),
-  TRANSPOSE + RESHAPE (flatten in PyTorch's channel-first order).
+* float ops: TFLite's builtins (:mod:`bnnkit.export.tflite_ops`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +59,12 @@ from torch.nn import functional as F
 from bnnkit._io import atomic_write_bytes
 from bnnkit.export.convert import ExportError
 from bnnkit.export.graph import Graph, Op
-from bnnkit.export.tflite import FLOAT32, INT32, TFLiteModel, schema
+from bnnkit.export.tflite import INT32, TFLiteModel
+from bnnkit.export.tflite_ops import TFLiteBuilder, _nhwc, _same_plan, same_extension
+
+__all__ = ["bitpack", "border_correction", "same_extension", "save_lce", "to_tflite"]
 
 BITS = 32
-NEG_INF = -3.4e38
 
 
 def bitpack(x: np.ndarray) -> np.ndarray:
@@ -79,32 +79,6 @@ def bitpack(x: np.ndarray) -> np.ndarray:
     return packed.view(np.int32)
 
 
-def same_extension(size: int, kernel: int, stride: int, padding: int) -> int | None:
-    """Rows (or columns) to append to an input of ``size`` so that TFLite's SAME padding puts
-    its windows where PyTorch's symmetric ``padding`` does: the first PyTorch-many outputs are
-    then PyTorch's, the rest is cropped. ``None`` where no extension does.
-
-    TFLite's SAME pads ``total = max((ceil(n / s) - 1) s + k - n, 0)``, ``total // 2`` before
-    (``tensorflow/lite/kernels/padding.h``); an appended row may only be read by a cropped
-    window, so it is allowed only where PyTorch's windows read no bottom padding."""
-    out = (size + 2 * padding - kernel) // stride + 1
-    last = stride * (out - 1) - padding + kernel - 1  # the last input row PyTorch's windows read
-    for extra in range(kernel + stride):
-        n = size + extra
-        n_out = -(-n // stride)
-        total = max((n_out - 1) * stride + kernel - n, 0)
-        if total // 2 == padding and n_out >= out and (extra == 0 or last < size):
-            return extra
-    return None
-
-
-def _same_plan(kernel: tuple, stride: tuple, padding: tuple, hw: tuple) -> tuple[int, int] | None:
-    plan = [
-        same_extension(n, k, s, p) for n, k, s, p in zip(hw, kernel, stride, padding, strict=True)
-    ]
-    return None if None in plan else (plan[0], plan[1])
-
-
 def border_correction(
     signs: np.ndarray, in_hw: tuple[int, int], stride: tuple, padding: tuple
 ) -> np.ndarray:
@@ -117,74 +91,8 @@ def border_correction(
     return corr[0].permute(1, 2, 0).numpy()
 
 
-class _Writer:
-    """Translates lowered ops into a :class:`TFLiteModel` (one method per op kind)."""
-
-    def __init__(self, graph: Graph) -> None:
-        self.graph, self.m, self.s = (
-            graph,
-            TFLiteModel(description="bnnkit: Larq Compute Engine"),
-            schema(),
-        )
-        self.t: dict[str, int] = {}  # op name -> output tensor
-
-    # -- helpers --------------------------------------------------------------------------------
-    def out(self, op: Op, shape: tuple[int, ...] | None = None, dtype: int = FLOAT32) -> int:
-        return self.m.tensor(op.name, shape if shape is not None else _nhwc(op.shape), dtype)
-
-    def tmp(self, name: str, shape: tuple[int, ...], dtype: int = FLOAT32) -> int:
-        return self.m.tensor(name, shape, dtype)
-
-    def const(self, name: str, value: Any, dtype: int = FLOAT32) -> int:
-        return self.m.const(name, np.asarray(value), dtype)
-
-    def builtin(
-        self, code: str, inputs: list[int], output: int, opts: str | None = None, **fields: Any
-    ) -> int:
-        s = self.s
-        options = None
-        if opts is not None:
-
-            def options(b, opts=opts, fields=fields):
-                vectors = {k: v for k, v in fields.items() if isinstance(v, (list, tuple))}
-                offs = {}
-                for key, values in vectors.items():
-                    getattr(s, f"{opts}Start{_camel(key)}Vector")(b, len(values))
-                    for v in reversed(values):
-                        b.PrependInt32(int(v))
-                    offs[key] = b.EndVector()
-                getattr(s, f"{opts}Start")(b)
-                for key, value in fields.items():
-                    getattr(s, f"{opts}Add{_camel(key)}")(b, offs.get(key, value))
-                return getattr(s, f"{opts}End")(b)
-
-        options_type = getattr(s.BuiltinOptions, opts) if opts is not None else 0
-        self.m.op(getattr(s.BuiltinOperator, code), inputs, [output], options_type, options)
-        return output
-
-    def pad(
-        self,
-        x: int,
-        name: str,
-        pads: list[list[int]],
-        value: float | None = None,
-        dtype: int = FLOAT32,
-    ) -> int:
-        shape = tuple(d + a + b for d, (a, b) in zip(self.m.shape(x), pads, strict=True))
-        y = self.tmp(name, shape, dtype)
-        inputs = [x, self.const(f"{name}/paddings", np.array(pads, np.int32), INT32)]
-        if value is None:
-            return self.builtin("PAD", inputs, y, "PadOptions")
-        inputs.append(self.const(f"{name}/value", np.array([value], np.float32)))
-        return self.builtin("PADV2", inputs, y, "PadV2Options")
-
-    def crop(self, x: int, op: Op) -> int:
-        """The leading ``op.shape`` part of ``x`` (SLICE from the origin) as ``op``'s output."""
-        out = self.out(op, (self.m.shape(x)[0], *_nhwc(op.shape)[1:]))
-        shape, name = self.m.shape(out), op.name
-        inputs = [x, self.const(f"{name}/begin", np.zeros(len(shape), np.int32), INT32),
-                  self.const(f"{name}/size", np.array(shape, np.int32), INT32)]  # fmt: skip
-        return self.builtin("SLICE", inputs, out, "SliceOptions")
+class _Writer(TFLiteBuilder):
+    """LCE's binary ops on top of the TFLite builtins (:class:`TFLiteBuilder`)."""
 
     # -- binary ops -----------------------------------------------------------------------------
     def bconv(
@@ -282,132 +190,8 @@ class _Writer:
             "RESHAPE", [y], self.out(op, (n, o)), "ReshapeOptions", new_shape=[n, o]
         )
 
-    # -- float ops ------------------------------------------------------------------------------
-    def op_conv2d(self, op: Op, x: int) -> int:
-        a, t = op.attrs, op.tensors
-        if a["groups"] != 1:
-            raise ExportError(f"float conv {a['source']!r}: groups={a['groups']} has no LCE export")
-        weight = t["weight"].transpose(0, 2, 3, 1)
-        bias = t["bias"] if t["bias"] is not None else np.zeros(weight.shape[0], np.float32)
-        mode, full = "VALID", None
-        if tuple(a["padding"]) != (0, 0):
-            n, h, w, _ = self.m.shape(x)
-            same = _same_plan(weight.shape[1:3], a["stride"], a["padding"], (h, w))
-            if same is not None:
-                mode = "SAME"
-                if same != (0, 0):  # rows / columns only cropped windows read (see same_extension)
-                    x = self.pad(
-                        x, f"{op.name}/extend", [[0, 0], [0, same[0]], [0, same[1]], [0, 0]]
-                    )
-                sh, sw = a["stride"]
-                full = (n, -(-(h + same[0]) // sh), -(-(w + same[1]) // sw), weight.shape[0])
-                full = None if full == (n, *_nhwc(op.shape)[1:]) else full
-            else:
-                ph, pw = a["padding"]
-                x = self.pad(x, f"{op.name}/pad", [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-        inputs = [x, self.const(f"{op.name}/weight", weight), self.const(f"{op.name}/bias", bias)]
-        out = self.out(op) if full is None else self.tmp(f"{op.name}/full", full)
-        y = self.builtin("CONV_2D", inputs, out, "Conv2DOptions", padding={"SAME": 0, "VALID": 1}[mode],
-                         stride_w=a["stride"][1], stride_h=a["stride"][0], dilation_w_factor=1, dilation_h_factor=1)  # fmt: skip
-        return y if full is None else self.crop(y, op)
-
-    def op_linear(self, op: Op, x: int) -> int:
-        t = op.tensors
-        bias = t["bias"] if t["bias"] is not None else np.zeros(t["weight"].shape[0], np.float32)
-        inputs = [
-            x,
-            self.const(f"{op.name}/weight", t["weight"]),
-            self.const(f"{op.name}/bias", bias),
-        ]
-        return self.builtin("FULLY_CONNECTED", inputs, self.out(op), "FullyConnectedOptions")
-
-    def op_affine(self, op: Op, x: int) -> int:
-        t, shape = op.tensors, self.m.shape(x)
-        if "mul" in t:
-            scaled = self.tmp(f"{op.name}/mul", shape)
-            x = self.builtin(
-                "MUL", [x, self.const(f"{op.name}/scale", t["mul"])], scaled, "MulOptions"
-            )
-        return self.builtin(
-            "ADD", [x, self.const(f"{op.name}/shift", t["add"])], self.out(op, shape), "AddOptions"
-        )
-
-    def op_clamp(self, op: Op, x: int) -> int:
-        lo, hi = op.attrs["min"], op.attrs["max"]
-        named = {(-1.0, 1.0): "RELU_N1_TO_1", (0.0, 6.0): "RELU6"}.get((lo, hi))
-        if named:
-            return self.builtin(named, [x], self.out(op, self.m.shape(x)))
-        low = self.builtin(
-            "MAXIMUM",
-            [x, self.const(f"{op.name}/min", np.array([lo], np.float32))],
-            self.tmp(f"{op.name}/max", self.m.shape(x)),
-        )
-        return self.builtin(
-            "MINIMUM",
-            [low, self.const(f"{op.name}/max", np.array([hi], np.float32))],
-            self.out(op, self.m.shape(x)),
-        )
-
-    def op_relu(self, op: Op, x: int) -> int:
-        return self.builtin("RELU", [x], self.out(op, self.m.shape(x)))
-
-    def op_prelu(self, op: Op, x: int) -> int:
-        slope = op.tensors["slope"]
-        alpha = slope.reshape(1, 1, -1) if len(self.m.shape(x)) == 4 else slope
-        return self.builtin(
-            "PRELU", [x, self.const(f"{op.name}/alpha", alpha)], self.out(op, self.m.shape(x))
-        )
-
-    def op_add(self, op: Op, a: int, b: int) -> int:
-        return self.builtin("ADD", [a, b], self.out(op, self.m.shape(a)), "AddOptions")
-
-    def op_concat(self, op: Op, *xs: int) -> int:
-        axis = len(self.m.shape(xs[0])) - 1  # channels: last in NHWC
-        return self.builtin(
-            "CONCATENATION", list(xs), self.out(op), "ConcatenationOptions", axis=axis
-        )
-
-    def _pool(self, op: Op, x: int, code: str, value: float) -> int:
-        a = op.attrs
-        if tuple(a["padding"]) != (0, 0):
-            ph, pw = a["padding"]
-            x = self.pad(x, f"{op.name}/pad", [[0, 0], [ph, ph], [pw, pw], [0, 0]], value)
-        return self.builtin(code, [x], self.out(op), "Pool2DOptions", padding=1, stride_w=a["stride"][1],
-                            stride_h=a["stride"][0], filter_width=a["kernel"][1], filter_height=a["kernel"][0])  # fmt: skip
-
-    def op_avgpool(self, op: Op, x: int) -> int:
-        return self._pool(op, x, "AVERAGE_POOL_2D", 0.0)  # PyTorch counts the zero padding
-
-    def op_maxpool(self, op: Op, x: int) -> int:
-        return self._pool(op, x, "MAX_POOL_2D", NEG_INF)
-
-    def op_mean(self, op: Op, x: int) -> int:
-        axes = self.const(f"{op.name}/axes", np.array([1, 2], np.int32), INT32)
-        return self.builtin("MEAN", [x, axes], self.out(op), "ReducerOptions", keep_dims=True)
-
-    def op_pad_channels(self, op: Op, x: int) -> int:
-        pads = [[0, 0], [0, 0], [0, 0], [op.attrs["before"], op.attrs["after"]]]
-        y = self.pad(x, f"{op.name}/pad", pads)
-        self.m.tensors[y].name = op.name
-        return y
-
-    def op_flatten(self, op: Op, x: int) -> int:
-        shape = self.m.shape(x)
-        if len(shape) == 4 and shape[1] * shape[2] > 1:  # PyTorch flattens channel-first
-            perm = self.const(f"{op.name}/perm", np.array([0, 3, 1, 2], np.int32), INT32)
-            n, h, w, c = shape
-            x = self.builtin(
-                "TRANSPOSE",
-                [x, perm],
-                self.tmp(f"{op.name}/nchw", (n, c, h, w)),
-                "TransposeOptions",
-            )
-        return self.builtin(
-            "RESHAPE", [x], self.out(op), "ReshapeOptions", new_shape=list(op.shape)
-        )
-
     # -- the graph ------------------------------------------------------------------------------
-    def write(self) -> TFLiteModel:
+    def write(self, probes: Sequence[str] = ()) -> TFLiteModel:
         first = self.graph.ops[0]
         self.t[first.name] = self.m.tensor(first.name, _nhwc(first.shape))
         self.m.inputs.append(self.t[first.name])
@@ -419,17 +203,12 @@ class _Writer:
                 )
             self.t[op.name] = handler(op, *[self.t[i] for i in op.inputs])
         self.m.outputs.append(self.t[self.graph.output])
+        for name in probes:
+            if name not in self.t or name == first.name:
+                raise ExportError(f"probe {name!r} is not an op of the graph (its ops: "
+                                  f"{', '.join(op.name for op in self.graph.ops[1:5])}, ...)")  # fmt: skip
+            self.m.outputs.append(self.t[name])
         return self.m
-
-
-def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)
-
-
-def _camel(key: str) -> str:
-    return "".join(
-        part.capitalize() if part not in ("w", "h") else part.upper() for part in key.split("_")
-    )
 
 
 def _flex(options: dict[str, int]) -> bytes:
@@ -438,10 +217,14 @@ def _flex(options: dict[str, int]) -> bytes:
     return bytes(flexbuffers.Dumps({k: int(v) for k, v in options.items()}))
 
 
-def to_tflite(graph: Graph, header: dict[str, Any] | None = None) -> bytes:
+def to_tflite(
+    graph: Graph, header: dict[str, Any] | None = None, probes: Sequence[str] = ()
+) -> bytes:
     """The lowered ``graph`` as a TFLite flatbuffer with LCE ops (bytes); ``header`` (JSON) goes
-    into the model's metadata as ``bnnkit``."""
-    model = _Writer(graph).write()
+    into the model's metadata as ``bnnkit``. ``probes`` (op names) become extra outputs, after
+    the model's, for finding where a runtime departs from the reference
+    (:meth:`~bnnkit.export.runtimes.LCEModel.predict_all`)."""
+    model = _Writer(graph).write(probes)
     if header is not None:
         model.metadata["bnnkit"] = json.dumps(header).encode()
     return model.to_bytes()

@@ -32,6 +32,7 @@ saved with ``compress_to_fp16=False`` (fp16 would change the float weights and t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +217,7 @@ class _Builder:
     def op_flatten(self, op: Op, x: Any) -> Any:
         return self.ops.reshape(x, _const(self.ops, list(op.shape), np.int64), False)
 
-    def build(self) -> Any:
+    def build(self, probes: Sequence[str] = ()) -> Any:
         first = self.graph.ops[0]
         param = self.ops.parameter(list(first.shape), self.ov.Type.f32, name="input")
         self.nodes[first.name] = param
@@ -230,8 +231,12 @@ class _Builder:
                 _source(op)
             )
             self.nodes[op.name] = node
-        out = self.nodes[self.graph.output]
-        return self.ov.Model([out], [param], "bnnkit")
+        for name in probes:
+            if name not in self.nodes or name == first.name:
+                raise ExportError(f"probe {name!r} is not an op of the graph")
+        outs = [self.nodes[self.graph.output], *(self.nodes[name] for name in probes)]
+        outs = [o if isinstance(o, self.ov.Output) else o.output(0) for o in outs]
+        return self.ov.Model(outs, [param], "bnnkit")
 
 
 def _source(op: Op) -> str:
@@ -256,9 +261,10 @@ def _extra_channel_correction(weights: np.ndarray, c: int, in_hw: tuple, stride:
     return None if not corr.any() else corr.astype(F32)
 
 
-def to_openvino(graph: Graph) -> Any:
-    """The lowered ``graph`` as an ``openvino.Model``."""
-    return _Builder(graph).build()
+def to_openvino(graph: Graph, probes: Sequence[str] = ()) -> Any:
+    """The lowered ``graph`` as an ``openvino.Model``; ``probes`` (op names) become extra
+    outputs, after the model's (:meth:`~bnnkit.export.runtimes.OpenVINOModel.predict_all`)."""
+    return _Builder(graph).build(probes)
 
 
 def save_openvino(graph: Graph, path: str | Path, header: dict[str, Any] | None = None) -> Path:

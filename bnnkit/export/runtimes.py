@@ -77,6 +77,11 @@ class LCEModel:
         self.input_shape = tuple(self.interpreter.input_shapes[0])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_all(x)[0]
+
+    def predict_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output: the model's, then the probes it was written with
+        (:func:`~bnnkit.export.lce.to_tflite`), each NCHW where 4-d."""
         x = np.asarray(x, np.float32)
         if x.ndim == 4:
             x = x.transpose(0, 2, 3, 1)
@@ -84,9 +89,9 @@ class LCEModel:
         if x.shape[0] % batch:
             raise ExportError(f"the model takes batches of {batch}; got {x.shape[0]} samples")
         chunks = [x[i : i + batch] for i in range(0, x.shape[0], batch)]
-        outs = [self.interpreter.interpreter.predict([np.ascontiguousarray(c)])[0] for c in chunks]
-        out = np.concatenate(outs)
-        return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out  # back to NCHW
+        runs = [self.interpreter.interpreter.predict([np.ascontiguousarray(c)]) for c in chunks]
+        outs = [np.concatenate([run[k] for run in runs]) for k in range(len(runs[0]))]
+        return [o.transpose(0, 3, 1, 2) if o.ndim == 4 else o for o in outs]  # back to NCHW
 
 
 class OpenVINOModel:
@@ -119,13 +124,20 @@ class OpenVINOModel:
         self._request = self.compiled.create_infer_request()
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_all(x)[0]
+
+    def predict_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output: the model's, then the probes it was built with
+        (:func:`~bnnkit.export.openvino.to_openvino`)."""
         x = np.asarray(x, np.float32)
         batch = self.input_shape[0]
         if x.shape[0] % batch:
             raise ExportError(f"the model takes batches of {batch}; got {x.shape[0]} samples")
-        outs = [self._request.infer([np.ascontiguousarray(x[i : i + batch])])[0].copy()
-                for i in range(0, x.shape[0], batch)]  # fmt: skip
-        return np.concatenate(outs)
+        runs = []
+        for i in range(0, x.shape[0], batch):
+            result = self._request.infer([np.ascontiguousarray(x[i : i + batch])])
+            runs.append([result[k].copy() for k in range(len(self.compiled.outputs))])
+        return [np.concatenate([run[k] for run in runs]) for k in range(len(runs[0]))]
 
     def layer_types(self) -> dict[str, int]:
         """How many nodes of each type the plugin runs (``BinaryConvolution`` proves the

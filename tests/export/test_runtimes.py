@@ -9,6 +9,10 @@ against bnnkit's reference, over the model and method registries.
   rounding distance of a sign threshold can binarize differently and change the logits: the
   whole-model comparison uses inputs whose every binarized value is farther than that from its
   threshold (``_margin``), which is what makes it exact; the per-layer test has no such need.
+* The ImageNet-size models (resnet18/34, reactnet_resnet18/34, reactnet_a at 64 px), x every
+  method: every op read back from the whole exported model through probes and checked against
+  the reference on the runtime's own inputs, then end to end (flipped signs only at near-ties,
+  otherwise logits allclose and identical top-1).
 
 The runtimes are optional (``pip install "bnnkit[runtimes]"``); each test skips with the reason
 where one cannot run (LCE: Python 3.13+ or numpy 2; OpenVINO: not installed).
@@ -192,3 +196,82 @@ def test_openvino_runs_its_binary_kernel_and_files_stay_small(runtime, tmp_path)
             "layer4.1.conv2",
             "fc",
         } <= names
+
+
+def _presign(op: Op, z: torch.Tensor) -> torch.Tensor:
+    """What ``op`` (a binary op) takes the sign of: its input plus the method's shift."""
+    if "shift" in op.tensors:
+        z = z + torch.from_numpy(op.tensors["shift"]).view(1, -1, *([1] * (z.ndim - 2)))
+    return z
+
+
+IMAGENET_MODELS = ["resnet18", "resnet34", "reactnet_resnet18", "reactnet_resnet34", "reactnet_a"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("method", BINARY_METHODS)
+@pytest.mark.parametrize("name", IMAGENET_MODELS)
+def test_imagenet_models_every_op_in_context_and_logits(runtime, name, method):
+    """Every op of the whole exported model, read back through probes (extra outputs), against
+    the reference given the runtime's own inputs: binary ops with identical popcounts, float ops
+    within float rounding. Then end to end: a binarized value may get another sign than in
+    the eval-mode model only where it lies within float rounding of its threshold (no input of
+    these models is farther than that from every threshold, so the CIFAR test's margin
+    selection cannot apply); where no sign differs (every case here, as measured), the logits
+    are allclose and top-1 identical."""
+    model = trained_like(name, method)
+    graph = lower(convert(model, check=False), tuple(sample_input(name, batch=1).shape))
+    x = max(_candidates(name, 8), key=lambda c: _margin(graph, c))
+    probes = [op.name for op in graph.ops[1:]]
+    if runtime == "lce":
+        outs = LCEModel(to_tflite(graph, probes=probes)).predict_all(x.numpy())
+    else:
+        from bnnkit.export.openvino import to_openvino
+
+        outs = OpenVINOModel(to_openvino(graph, probes=probes)).predict_all(x.numpy())
+    got = {
+        graph.input: x,
+        **{n: torch.from_numpy(o) for n, o in zip(probes, outs[1:], strict=True)},
+    }
+    assert np.array_equal(outs[0], got[graph.output].numpy())
+
+    for op in graph.ops[1:]:
+        want = _run_op(op, [got[i] for i in op.inputs]).numpy()
+        if op.kind in ("bconv2d", "blinear"):
+            assert np.array_equal(
+                np.round(_dot(op, got[op.name].numpy())), np.round(_dot(op, want))
+            ), op.name
+        else:
+            np.testing.assert_allclose(got[op.name].numpy(), want, rtol=1e-4,
+                                       atol=1e-4 * float(np.abs(want).max()) + 1e-6, err_msg=op.name)  # fmt: skip
+
+    reference = _values(graph, x)
+    differ = 0
+    for op in _binary(graph):
+        ref, run = _presign(op, reference[op.inputs[0]]), _presign(op, got[op.inputs[0]])
+        flipped = (ref < 0) != (run < 0)
+        differ += int(flipped.sum())
+        # a sign may differ only at a near-tie: within the runtimes' float rounding of 0
+        assert (ref[flipped].abs() < 5e-6 * ref.abs().max()).all(), op.name
+        if differ:
+            break  # past a flipped sign the two chains compute on different inputs
+    if not differ:
+        with torch.no_grad():
+            logits = model(x).numpy()
+        np.testing.assert_allclose(
+            outs[0], logits, rtol=1e-4, atol=1e-4 * float(np.abs(logits).max())
+        )
+        assert (outs[0].argmax(1) == logits.argmax(1)).all()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_probe_that_is_no_op_is_refused_by_name(runtime):
+    from bnnkit.export import ExportError
+    from bnnkit.export.openvino import to_openvino
+
+    graph = lower(
+        convert(trained_like("mlp", "ste"), check=False), tuple(sample_input("mlp", 1).shape)
+    )
+    write = to_tflite if runtime == "lce" else to_openvino
+    with pytest.raises(ExportError, match="probe 'no_such_op' is not an op"):
+        write(graph, probes=["no_such_op"])
