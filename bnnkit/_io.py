@@ -1,7 +1,10 @@
 """Atomic file writes, shared by every layer (checkpoints, run files, dumps, packed exports).
 
 A crash or kill during a write leaves the previous file intact: the data goes to a temporary
-file in the same folder, is flushed to disk, and replaces the target with ``os.replace``.
+file in the same folder, is flushed to disk, and replaces the target with ``os.replace``. The
+file gets the mode a plain ``open`` would give it (``0o666`` less the umask), not
+``mkstemp``'s private ``0o600``, so colleagues and services can read results on a shared
+machine as the user's umask allows.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -29,6 +34,13 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:

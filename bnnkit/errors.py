@@ -26,9 +26,22 @@ _MISSING: Any = _Missing()
 
 
 class BnnkitError(Exception):
-    """Root of bnnkit's user errors: the message names the problem and the fix."""
+    """Root of bnnkit's user errors: the message names the problem and the fix.
+
+    ``label`` is how the command line introduces it (``bnnkit: error: ...``); ``quiet`` errors
+    print nothing (a rank that stops because another one failed and said why)."""
 
     exit_status: int = 2
+    label: str = "error"
+    quiet: bool = False
+    everywhere: bool = False  # raised alike on every rank of a job: only rank 0 prints it
+
+
+class PeerFailedError(BnnkitError, RuntimeError):
+    """Another process of the job failed (its message names the problem); this one stops."""
+
+    exit_status = 1
+    quiet = True
 
 
 class ConfigError(BnnkitError, ValueError):
@@ -48,6 +61,8 @@ class ConfigError(BnnkitError, ValueError):
         value: the bad value (left out of the message when not given).
         allowed: what would be accepted.
     """
+
+    everywhere = True  # every rank validates the same recipe
 
     def __init__(
         self,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,3 +58,27 @@ def trained_like(name: str, method: str, classes: int = 10) -> nn.Module:
             if n.endswith("input_binarizer.bias"):
                 p.uniform_(-0.2, 0.2)  # RSign / ReCU shifts
     return model.eval()
+
+
+def write_batch(path: Path, data: np.ndarray, labels: list[int], label_key: str) -> None:
+    """A CIFAR batch file like the official ones (Python-2 style bytes keys)."""
+    with open(path, "wb") as f:
+        pickle.dump({b"data": data, label_key.encode(): labels, b"batch_label": b"x"}, f, 2)
+
+
+def write_fake(root: Path, name: str = "cifar10", n: int = 3, seed: int = 0) -> dict:
+    """A tiny CIFAR data set in the official layout under ``root`` (train file ``i`` has
+    ``n + i`` images); returns the arrays written."""
+    from bnnkit.data import cifar as cifar_mod
+
+    spec = cifar_mod.CIFAR[name]
+    folder = root / spec.folder
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(seed)
+    written = {}
+    for i, f in enumerate((*spec.train_files, *spec.test_files)):
+        data = rng.randint(0, 256, (n + i, 3072)).astype(np.uint8)
+        labels = rng.randint(0, spec.num_classes, n + i).tolist()
+        write_batch(folder / f, data, labels, spec.label_key)
+        written[f] = (data, labels)
+    return written

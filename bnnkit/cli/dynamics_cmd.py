@@ -55,6 +55,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from bnnkit.runs.compare import compare, parse_list
+    from bnnkit.runs.run import RunInterrupted
 
     try:
         result = compare(
@@ -64,8 +65,8 @@ def run_compare(args: argparse.Namespace) -> int:
             args.overrides,
             out=args.out,
         )
-    except KeyboardInterrupt:
-        print("\nbnnkit: interrupted; run the same command (with --out) to resume",
+    except (KeyboardInterrupt, RunInterrupted):
+        print("\nbnnkit: stopped: interrupted; run the same command (with --out) to resume",
               file=sys.stderr)  # fmt: skip
         return 130
     print(result.table())

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-
-from bnnkit.binarize import list_binarizers
-from bnnkit.methods import get_method, list_methods
-from bnnkit.models import list_models, model_info
+import re
 
 WHAT = ("models", "methods", "binarizers", "recipes")
 
@@ -17,15 +14,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def plain(text: str) -> str:
+    """reStructuredText inline markup as plain text: ``code`` and :role:`x` -> x, *x* -> x."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"\1", text)
+
+
 def _first_line(obj: object) -> str:
-    """The docstring's first sentence, on one line."""
+    """The docstring's first sentence, on one line, without markup."""
     paragraph = (obj.__doc__ or "").strip().split("\n\n")[0]
-    text = " ".join(paragraph.split())
+    text = plain(" ".join(paragraph.split()))
     end = text.find(". ")
     return text if end < 0 else text[: end + 1]
 
 
 def run(args: argparse.Namespace) -> int:
+    from bnnkit.binarize import list_binarizers
+    from bnnkit.methods import get_method, list_methods
+    from bnnkit.models import list_models, model_info
+
     if args.what == "models":
         for name in list_models():
             info = model_info(name)

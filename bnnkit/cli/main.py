@@ -3,13 +3,16 @@
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``. A
 user error (:class:`bnnkit.errors.BnnkitError`: a bad recipe key, a missing data folder, a
 checkpoint that does not fit...) is printed as one line and exits with its ``exit_status``
-(2, or 1 for a training that diverged); anything else is a bug and keeps its traceback.
+(2; 1 for a training that diverged or a failed checkpoint write; 75 for a run stopped by
+SIGTERM / SIGUSR1 after a checkpoint; 130 for Ctrl-C); anything else is a bug and keeps its
+traceback. Under torchrun an error every rank raises alike is printed by rank 0 only.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except BnnkitError as err:
-        print(f"bnnkit: error: {err}", file=sys.stderr)
+        if not err.quiet and not (err.everywhere and int(os.environ.get("RANK", "0")) > 0):
+            print(f"bnnkit: {err.label}: {err}", file=sys.stderr)
         return err.exit_status
 
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from bnnkit.diagnostics import summary
-from bnnkit.methods import binarize_, get_method
-from bnnkit.models import create_model, model_info
-
 
 def _size(text: str) -> tuple[int, ...]:
     try:
@@ -42,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bnnkit.diagnostics import summary
+    from bnnkit.methods import binarize_, get_method
+    from bnnkit.models import create_model, model_info
+
     info = model_info(args.model)
     model = create_model(args.model, num_classes=args.num_classes)
     binarize_(model, get_method(args.method))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from bnnkit.cli.errors import CLIError
@@ -26,13 +25,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     p.add_argument(
-        "--out", default=None, help="run directory (default: ./runs/<recipe>-<date-time>)"
+        "--out",
+        default=None,
+        help="run directory (default: ./runs/<recipe>-<date-time>); with --resume: a new run "
+        "directory to continue the checkpoint in",
     )
     p.add_argument(
         "--resume",
         default=None,
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last checkpoint",
+        metavar="RUN_DIR|CHECKPOINT",
+        help="continue a run from its newest complete checkpoint (or from the checkpoint file "
+        "given); a finished run is reported, not retrained",
     )
     p.set_defaults(run=run_train)
 
@@ -57,12 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise CLIError(
             "give either a recipe or --resume RUN_DIR (the run's own recipe is used), not both"
         )
-    try:
-        result = train(recipe or "quickstart", overrides, out=args.out, resume=args.resume)
-    except KeyboardInterrupt:
-        print("\nbnnkit: interrupted; the last finished epoch is saved: continue with "
-              "`bnnkit train --resume RUN_DIR`", file=sys.stderr)  # fmt: skip
-        return 130
+    result = train(recipe or "quickstart", overrides, out=args.out, resume=args.resume)
     if result.run_dir is not None:
         print(format_result(result))
     return 0

@@ -62,7 +62,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError("is an override key with an empty part", value=key)
-    return parts, yaml.safe_load(value) if value.strip() else None
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        problem = str(err).splitlines()[0]
+        raise ConfigError(f"is not a YAML value ({problem}); quote a string, e.g. "
+                          f"'{key.strip()}=\"...\"'", location=parts, value=value) from None  # fmt: skip
+    return parts, parsed
 
 
 def _has_path(node: Any, parts: list[str]) -> bool:
@@ -75,8 +81,13 @@ def _has_path(node: Any, parts: list[str]) -> bool:
     return True
 
 
-def _is_method_name(parts: list[str]) -> bool:
-    return parts[-1] == "method" or parts[-2:] == ["method", "name"]
+_SWITCHED = ("method", "model")  # sections whose name picks the meaning of their other keys
+
+
+def _is_switch(parts: list[str]) -> bool:
+    """``method.name`` / ``model.name`` (or the whole section set to a name)."""
+    return parts[-1] in _SWITCHED or (len(parts) >= 2 and parts[-1] == "name"
+                                      and parts[-2] in _SWITCHED)  # fmt: skip
 
 
 def _items(overrides: list[str] | dict[str, Any]) -> list[tuple[list[str], Any]]:
@@ -93,10 +104,12 @@ def _set(raw: dict, parts: list[str], value: Any) -> None:
                 raise ConfigError(f"no list item {part!r}", location=parts)
             node = node[int(part)]
             continue
-        if part in ("method", "model") and isinstance(node.get(part), str):
+        if part in _SWITCHED and isinstance(node.get(part), str):
             node[part] = {"name": node[part]}
-        if _is_method_name(parts) and i == len(parts) - 2 and part == "method":
-            node[part] = {}
+        if _is_switch(parts) and i == len(parts) - 2 and part in _SWITCHED:
+            section = node.get(part)
+            if not (isinstance(section, dict) and section.get("name") == value):
+                node[part] = {}  # another method / model: the old one's options do not apply
         node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section", location=parts)
@@ -108,14 +121,15 @@ def _set(raw: dict, parts: list[str], value: Any) -> None:
 def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
     """Apply dotted overrides to a raw recipe dict (returns a new dict).
 
-    Setting ``method.name`` (or ``method``) replaces that method section: the recipe's
-    hyperparameters belong to the old method. Other ``method.*`` overrides apply after it.
+    Setting ``method.name`` or ``model.name`` to another name replaces that section: the
+    recipe's hyperparameters and model options belong to the old one. Other ``method.*`` /
+    ``model.*`` overrides apply after it.
     A top-level override of a stage key (``training.epochs=1``) also overrides every stage
     that sets the same key; ``stages.N.training.epochs=1`` targets one stage.
     """
     raw = copy.deepcopy(raw)
     items = _items(overrides)
-    items.sort(key=lambda item: not _is_method_name(item[0]))  # method switches first
+    items.sort(key=lambda item: not _is_switch(item[0]))  # method / model switches first
     stages = raw.get("stages")
     if isinstance(stages, list):  # a top-level stage key also overrides the stages that set it
         items += [
@@ -265,11 +279,15 @@ def validate(raw: dict[str, Any], name: str) -> RunConfig:
 
 
 def load_recipe(
-    recipe: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None
+    recipe: str | Path | dict[str, Any],
+    overrides: list[str] | dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> RunConfig:
-    """Load and validate a recipe (a path, a shipped name or a dict) with overrides."""
+    """Load and validate a recipe (a path, a shipped name or a dict) with overrides. ``name``
+    names a dict recipe (a resumed run's own name; default ``recipe``)."""
     if isinstance(recipe, dict):
-        raw, name = _resolve_base(copy.deepcopy(recipe), recipes_dir(), ()), "recipe"
+        raw = _resolve_base(copy.deepcopy(recipe), recipes_dir(), ())
+        name = name or "recipe"
     else:
         path = find_recipe(recipe)
         raw = _read_recipe(path, ())

@@ -148,6 +148,12 @@ class TrainingConfig:
         sync_bn: convert BatchNorm to SyncBatchNorm under DDP (CUDA only; PyTorch's
             SyncBatchNorm has no CPU kernel, so CPU runs keep per-process statistics).
         eval_every: evaluate every N epochs (the last epoch is always evaluated).
+        checkpoint_every_steps: also write a step checkpoint every N optimizer steps inside
+            epochs (``checkpoints/step-<step>.pt``; 0: at epoch ends only). A run resumed from
+            one continues exactly (data order, augmentation, trackers, schedule position).
+        keep_checkpoints: step checkpoints kept (the newest N; older ones are deleted).
+        auto_resume: continue from the run directory's newest checkpoint when it holds one,
+            without ``--resume`` (what an elastic restart needs); ``null``: on under torchrun.
     """
 
     epochs: int = 10
@@ -161,9 +167,14 @@ class TrainingConfig:
     device: str = "auto"
     sync_bn: bool = False
     eval_every: int = 1
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    auto_resume: bool | None = None
 
     def __post_init__(self) -> None:
         _at_least("epochs", self.epochs, 1)
+        _at_least("checkpoint_every_steps", self.checkpoint_every_steps, 0)
+        _at_least("keep_checkpoints", self.keep_checkpoints, 1)
         _choice("amp", self.amp, AMP_MODES)
         _within("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         if self.grad_clip is not None:

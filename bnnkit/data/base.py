@@ -14,7 +14,8 @@ class Loader(Protocol):
 
     ``x`` is float32 and normalized, ``y`` int64 class indices. Shuffling and augmentation of
     epoch ``e`` depend only on ``(seed, e)`` (set by ``set_epoch``), so a run resumed at an
-    epoch boundary sees exactly the batches an uninterrupted run sees. Under DDP each process
+    epoch boundary sees exactly the batches an uninterrupted run sees, and one resumed inside an
+    epoch starts at its batch ``start``. Under DDP each process
     iterates over its own disjoint shard; training batches are full (the last partial
     batch is dropped), evaluation batches are not.
     """
@@ -22,14 +23,18 @@ class Loader(Protocol):
     num_samples: int
     """Samples this process sees per epoch."""
 
+    dataset_size: int
+    """Samples in the split (all processes; training drops the last partial global batch)."""
+
     def __len__(self) -> int:
         """Batches per epoch on this process."""
         ...
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffling / augmentation stream of ``epoch`` (call before iterating)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the shuffling / augmentation stream of ``epoch`` (call before iterating);
+        the next iteration begins at batch ``start`` of it (``len`` stays the epoch's)."""
         ...
 
     def close(self) -> None:

@@ -210,12 +210,13 @@ class ShardedSampler(Sampler):
         self.n, self.rank, self.world_size = n, rank, world_size
         self.batch_size, self.shuffle = batch_size, shuffle
         self.seed = seed & _SEED_MASK
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Epoch ``epoch``'s order; the next iteration skips its first ``skip`` samples."""
         if epoch < 0:
             raise ValueError(f"set_epoch: epoch = {epoch}; epochs count from 0")
-        self.epoch = int(epoch)
+        self.epoch, self.skip = int(epoch), int(skip)
 
     def indices(self) -> np.ndarray:
         """This rank's sample indices for the current epoch, in iteration order."""
@@ -232,8 +233,8 @@ class ShardedSampler(Sampler):
         return (self.n // self.world_size // self.batch_size) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return iter([(int(i), epoch) for i in self.indices()])
+        epoch, skip, self.skip = self.epoch, self.skip, 0  # a skip applies to one iteration
+        return iter([(int(i), epoch) for i in self.indices()[skip:]])
 
 
 class FolderLoader:
@@ -258,6 +259,7 @@ class FolderLoader:
             dataset.augment and dataset.lighting > 0 and dataset.lighting_space == "tensor"
         )
         self.num_samples = len(sampler)
+        self.dataset_size = len(dataset)
         self._non_blocking = device.type == "cuda"
         self._loader = DataLoader(
             dataset,
@@ -272,8 +274,10 @@ class FolderLoader:
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= len(self):
+            raise ValueError(f"set_epoch: start = {start}; the epoch has {len(self)} batches")
+        self.sampler.set_epoch(epoch, start * self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         try:

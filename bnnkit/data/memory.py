@@ -124,16 +124,19 @@ class TensorLoader:
             self._eval_range = (start, stop)
             self.num_samples = stop - start
             self._steps = math.ceil(self.num_samples / self.batch_size)
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self._plan: tuple[int, Tensor, CropFlip | None] | None = None
 
     def __len__(self) -> int:
         """Batches per epoch on this process."""
         return self._steps
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffling / augmentation stream of ``epoch`` (call before iterating)."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the shuffling / augmentation stream of ``epoch`` (call before iterating); the
+        next iteration begins at batch ``start`` (a run resumed inside the epoch)."""
+        if not 0 <= start <= self._steps:
+            raise ValueError(f"set_epoch: start = {start}; the epoch has {self._steps} batches")
+        self.epoch, self.start = int(epoch), int(start)
 
     def close(self) -> None:
         """Nothing to release: the data is a tensor."""
@@ -166,7 +169,8 @@ class TensorLoader:
         _, order, params = self._epoch_plan()
         size = self.batch_size
         non_blocking = self.device.type == "cuda"
-        for step in range(self._steps):
+        start, self.start = self.start, 0  # a start applies to one iteration
+        for step in range(start, self._steps):
             index = order[step * size : (step + 1) * size]
             xb = self.x.index_select(0, index)
             yb = self.y.index_select(0, index)

@@ -161,13 +161,24 @@ class Dynamics(nn.Module):
         self.register_buffer("numel", numel.to(device), persistent=False)
         self.register_buffer("start_step", torch.zeros((), dtype=torch.int64, device=device))
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
-        # accumulators: rows flip, backforth, dead (sums of per-update fractions per layer + all)
+        # accumulators: rows flip, backforth, dead (sums of per-update fractions per layer + all);
+        # saved, so that a run resumed inside an epoch (or a log window) reports the same means
         for prefix in ("win", "ep"):
-            self.register_buffer(f"{prefix}_sums", torch.zeros(3, L + 1, dtype=torch.float64, device=device), persistent=False)  # fmt: skip
-            self.register_buffer(f"{prefix}_counts", torch.zeros(2, dtype=torch.float64, device=device), persistent=False)  # fmt: skip
+            self.register_buffer(f"{prefix}_sums", torch.zeros(3, L + 1, dtype=torch.float64, device=device))  # fmt: skip
+            self.register_buffer(f"{prefix}_counts", torch.zeros(2, dtype=torch.float64, device=device))  # fmt: skip
         self.reset()
 
     # -- state ----------------------------------------------------------------------------------
+    _ACCUMULATORS = ("win_sums", "win_counts", "ep_sums", "ep_counts")
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module``'s; a state saved without the accumulators (older checkpoints,
+        written at epoch ends, where they are zero) loads with them zero."""
+        state = dict(state_dict)
+        for key in self._ACCUMULATORS:
+            state.setdefault(key, torch.zeros_like(getattr(self, key)))
+        return super().load_state_dict(state, strict, assign)
+
     def _state(self, i: int) -> Tensor:
         return getattr(self, f"state{i}")
 

@@ -45,6 +45,16 @@ def pyplot() -> Any:
     return plt
 
 
+def epoch_axis(*axes: Any) -> None:
+    """Label the x axis "epoch" with whole-number ticks (matplotlib would put 0.5 steps on a
+    short run)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _evenly(items: list[Any], k: int) -> list[Any]:
     if len(items) <= k:
         return items
@@ -96,7 +106,7 @@ def figure_oscillation(run: RunData, plt: Any, out: Path) -> Path | None:
     for pos, name in zip(("first", "middle", "last"), picks, strict=False):
         xs, ys = run.series(N.dyn_key(N.OSCILLATION, name), stage)
         ax.plot(xs, [100 * y for y in ys], marker=".", label=f"{name} ({pos})")
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel("oscillation ratio (%)")
     ax.set_title("Epoch-wise weight oscillation (mean per-step flip rate)")
     ax.legend(fontsize=8)
@@ -151,13 +161,14 @@ def figure_flip_accuracy(run: RunData, plt: Any, out: Path) -> Path | None:
     if not xs and not ax_x:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.plot(xs, [100 * y for y in ys], "--", color="tab:red", label="flip rate (mean per step)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("flip rate (%)", color="tab:red")
+    ax.plot(xs, [100 * y for y in ys], "--", marker="o", markersize=4, color="tab:red",
+            label="oscillation (mean per-step flip rate)")  # fmt: skip
+    epoch_axis(ax)
+    ax.set_ylabel("oscillation (%)", color="tab:red")
     ax2 = ax.twinx()
-    ax2.plot(ax_x, acc, "-", color="tab:blue", label="top-1")
+    ax2.plot(ax_x, acc, "-", marker="o", markersize=4, color="tab:blue", label="top-1")
     ax2.set_ylabel("val top-1 (%)", color="tab:blue")
-    ax.set_title("Flip rate and accuracy")
+    ax.set_title("Oscillation and accuracy")
     return save_figure(fig, plt, out / "flip_accuracy.png")
 
 
@@ -171,15 +182,18 @@ def figure_dead_tau(run: RunData, plt: Any, out: Path) -> Path | None:
     ax.plot(xs, [100 * y for y in ys], marker=".", color="tab:gray", label="dead (zero gradient)")
     if cx:
         ax.plot(cx, [100 * c for c in clamped], marker=".", color="tab:purple",
-                label="ReCU clamped (|w1| > Q(tau))")  # fmt: skip
-    ax.set_xlabel("epoch")
+                label="ReCU clamped (|w1| > Q(τ))")  # fmt: skip
+    epoch_axis(ax)
     ax.set_ylabel("% of binary weights")
-    ax.legend(fontsize=8, loc="upper left")
+    handles, labels = ax.get_legend_handles_labels()
     if tx:
         ax2 = ax.twinx()
-        ax2.plot(tx, tau, color="tab:green", label="tau")
-        ax2.set_ylabel("ReCU tau", color="tab:green")
-    ax.set_title("Dead weights" + (" and ReCU's tau" if tx else ""))
+        ax2.plot(tx, tau, marker=".", color="tab:green", label="ReCU τ")
+        ax2.set_ylabel("ReCU τ", color="tab:green")
+        more, more_labels = ax2.get_legend_handles_labels()
+        handles, labels = handles + more, labels + more_labels
+    ax.legend(handles, labels, fontsize=8, loc="upper left")
+    ax.set_title("Dead weights" + (" and ReCU's τ" if tx else ""))
     return save_figure(fig, plt, out / "dead_tau.png")
 
 
@@ -198,8 +212,8 @@ def figure_heatmap(run: RunData, plt: Any, out: Path) -> Path | None:
                    extent=(epochs[0]["index"] + 0.5, epochs[-1]["index"] + 1.5, len(layers) - 0.5, -0.5))  # fmt: skip
     ax.set_yticks(range(len(layers)))
     ax.set_yticklabels(layers, fontsize=7)
-    ax.set_xlabel("epoch")
-    ax.set_title("Flip rate per layer and epoch (%)")
+    epoch_axis(ax)
+    ax.set_title("Oscillation per layer and epoch (%, mean per-step flip rate)")
     fig.colorbar(im, ax=ax)
     return save_figure(fig, plt, out / "flip_heatmap.png")
 

@@ -4,7 +4,9 @@ A packed file is one safetensors file: every tensor of the converted model's ``s
 (packed weight bits as int64 words, folded scales and biases, input shifts, and the float
 layers' weights and buffers), plus a JSON header in the safetensors metadata::
 
-    format: "bnnkit-packed", format_version: "1", bnnkit_version
+    format: "bnnkit-packed", format_version: "3", bnnkit_version
+    payload_sha256: SHA-256 of the tensor bytes (the data after safetensors' header), checked
+            on load: a file damaged in transfer or storage is refused, not run (version 3)
     model:  {"name", "num_classes", "options"}   (a registered model: how to rebuild it)
     method: the training method's name
     layers: [{"name", "type", "in", "out", "kernel_size", "stride", "padding",
@@ -19,6 +21,7 @@ tensor is an error naming it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -36,8 +39,9 @@ from bnnkit.models import create_model
 from bnnkit.nn import SignHistory, binary_layers
 
 FORMAT = "bnnkit-packed"
-FORMAT_VERSION = "2"  # 2: conv layers record their pad_value
-READABLE_VERSIONS = ("1", "2")  # a version-1 file has zero padding everywhere
+FORMAT_VERSION = "3"  # 2: conv layers record their pad_value; 3: payload_sha256
+READABLE_VERSIONS = ("1", "2", "3")  # a version-1 file has zero padding everywhere
+HEADER_FIELDS = ("model", "method", "layers", "extra")  # JSON-encoded metadata fields
 
 
 def _layer_entry(name: str, m: PackedConv2d | PackedLinear) -> dict[str, Any]:
@@ -90,7 +94,16 @@ def save_packed(model: nn.Module, path: str | Path, *, model_spec: dict[str, Any
         "extra": json.dumps(extra or {}),
     }  # fmt: skip
     tensors = {k: v.detach().cpu().contiguous() for k, v in packed.state_dict().items()}
-    return atomic_write_bytes(save(tensors, metadata=header), Path(path))
+    header["payload_sha256"] = payload_sha256(save(tensors, metadata=header))
+    blob = save(tensors, metadata=header)  # the same tensor bytes, now with their digest
+    return atomic_write_bytes(blob, Path(path))
+
+
+def payload_sha256(blob: bytes) -> str:
+    """SHA-256 of a safetensors file's tensor bytes: what follows its 8-byte length and JSON
+    header (so it does not depend on the metadata that stores it)."""
+    n = int.from_bytes(blob[:8], "little")
+    return hashlib.sha256(memoryview(blob)[8 + n :]).hexdigest()
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -113,10 +126,32 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path} has packed format version {meta.get('format_version')!r}; "
                           f"this bnnkit ({__version__}) reads versions "
                           f"{', '.join(READABLE_VERSIONS)}: upgrade bnnkit")  # fmt: skip
-    out: dict[str, Any] = {k: meta[k] for k in ("format", "format_version", "bnnkit_version")}
-    for key in ("model", "method", "layers", "extra"):
-        out[key] = json.loads(meta[key])
+    out: dict[str, Any] = {k: meta.get(k) for k in ("format", "format_version", "bnnkit_version",
+                                                     "payload_sha256")}  # fmt: skip
+    for key in HEADER_FIELDS:
+        if key not in meta:
+            raise ExportError(f"{path}: the header has no {key!r} field; the file is damaged or "
+                              "was not written by bnnkit: export it again")  # fmt: skip
+        try:
+            out[key] = json.loads(meta[key])
+        except json.JSONDecodeError as exc:
+            raise ExportError(f"{path}: the header's {key!r} field is not valid JSON ({exc}); "
+                              "the file is damaged: export it again") from None  # fmt: skip
+    _check_header(path, out)
     return out
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """The decoded fields have the shapes :func:`load_packed` reads."""
+    model, layers = header["model"], header["layers"]
+    if not (isinstance(model, dict) and {"name", "num_classes", "options"} <= set(model)):
+        raise ExportError(f"{path}: the header's 'model' field must hold name, num_classes and "
+                          f"options; it holds {model!r:.120}")  # fmt: skip
+    fields = {"name", "type", "in", "out", "has_shift", "folded_bn"}
+    if not isinstance(layers, list) or not all(isinstance(e, dict) and fields <= set(e)
+                                               for e in layers):  # fmt: skip
+        raise ExportError(f"{path}: the header's 'layers' field must be a list of layers with "
+                          f"{', '.join(sorted(fields))}")  # fmt: skip
 
 
 def _packed_module(entry: dict[str, Any], kernel: str) -> PackedConv2d | PackedLinear:
@@ -145,17 +180,38 @@ def load_packed(path: str | Path, *, kernel: str = "auto") -> nn.Module:
         model = create_model(spec["name"], num_classes=spec["num_classes"], **spec["options"])
     except ValueError as exc:
         raise ExportError(f"{path}: cannot rebuild model {spec['name']!r}: {exc}") from exc
+    modules = dict(model.named_modules())
     for entry in header["layers"]:
+        for name in (entry["name"], entry["folded_bn"] or entry["name"]):
+            if name not in modules:
+                raise ExportError(f"{path}: the header names layer {name!r}, which model "
+                                  f"{spec['name']!r} does not have: the header and the model "
+                                  "disagree (a damaged or edited file): export it again")  # fmt: skip
         packed = _packed_module(entry, kernel)
         packed.folded_bn = entry["folded_bn"]
         _set_module(model, entry["name"], packed)
         if entry["folded_bn"]:
             _set_module(model, entry["folded_bn"], nn.Identity())
     state = load_file(str(path))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
         raise ExportError(f"{path}: tensors do not match model {spec['name']!r}: missing "
-                          f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")  # fmt: skip
+                          f"{missing[:5]}, unexpected {unexpected[:5]}")  # fmt: skip
+    if header["payload_sha256"] is not None:
+        if payload_sha256(Path(path).read_bytes()) != header["payload_sha256"]:
+            raise ExportError(f"{path}: its tensors are damaged (their SHA-256 is not the one "
+                              "the header records): do not use it; export it again or copy an "
+                              "intact one")  # fmt: skip
+    elif header["format_version"] not in ("1", "2"):
+        raise ExportError(f"{path}: the header has no payload_sha256; the file is damaged or "
+                          "edited: export it again")  # fmt: skip
+    shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in sorted(own)
+              if state[k].shape != own[k].shape]  # fmt: skip
+    if shapes:
+        raise ExportError(f"{path}: tensors do not match model {spec['name']!r}: shape "
+                          f"mismatch {shapes[:5]}")  # fmt: skip
+    model.load_state_dict(state, strict=False)
     model.packed_header = header
     return model.eval()
 

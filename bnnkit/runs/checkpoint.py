@@ -18,7 +18,9 @@ renamed, and the sign history is rebuilt from the weights (and OvSW's last flips
 from __future__ import annotations
 
 import dataclasses
+import errno
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,19 +183,45 @@ class Checkpoint:
                     layer.sign_history.flipped.copy_((w < 0) != (prev.to(w.device) < 0))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    mmap: bool = False) -> Checkpoint:  # fmt: skip
     """Load a bnnkit checkpoint safely (``weights_only=True``); a run directory means its
-    ``checkpoints/last.pt``."""
+    ``checkpoints/last.pt``. ``mmap`` maps the tensors instead of reading them (cheap, to
+    look at a checkpoint's position)."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a bnnkit checkpoint")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable bnnkit checkpoint: {err}") from None
+        raise CheckpointError(f"{path} is not a bnnkit checkpoint ({_load_reason(err)}); do not "
+                              "load it with pickle or weights_only=False: a file that fails "
+                              "the safe load can run code when unpickled") from None  # fmt: skip
     return Checkpoint.from_dict(data, path)
+
+
+def _load_reason(err: Exception) -> str:
+    """Why torch's safe load failed, in a few words (torch's own text advises loading unsafely
+    and filing a PyTorch issue, which is wrong for a file that is not a checkpoint)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it refers to Python code ({found.group(1)}), which a checkpoint never does"
+    if "Weights only load failed" in text:
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        return "its bytes are not a torch checkpoint" + (f" ({detail.group(1).strip()})"
+                                                          if detail else "")  # fmt: skip
+    cut = isinstance(err, OSError) and err.errno == errno.EINVAL  # a seek past a cut end
+    if cut or "zip archive" in text or "central directory" in text or "EOF" in text or not text:
+        return "it is cut short or not a torch zip archive"
+    first = text.strip().splitlines()[0]
+    if len(first) < 24:  # pickle's bare codes ("101", "invalid load key")
+        return f"its bytes are not a torch checkpoint: {type(err).__name__} {first}"
+    return first[:200]
 
 
 def _mismatch_message(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from bnnkit._io import atomic_write_text
 from bnnkit.config import load_recipe
 from bnnkit.diagnostics import names as N
-from bnnkit.diagnostics.figures import pyplot, save_figure
+from bnnkit.diagnostics.figures import epoch_axis, pyplot, save_figure
 from bnnkit.diagnostics.report import write_report
 from bnnkit.errors import BnnkitError
 from bnnkit.methods import list_methods
@@ -261,7 +261,7 @@ def compare_figure(result: CompareResult) -> Path | None:
     panels = [
         ("top1", "val top-1 (%)", 1.0),
         ("train_loss", "train loss", 1.0),
-        (N.dyn_key(N.OSCILLATION), "flip rate, epoch mean (%)", 100.0),
+        (N.dyn_key(N.OSCILLATION), "oscillation (%)", 100.0),
         (N.dyn_key(N.BACKFORTH), "back-and-forth (%)", 100.0),
         (N.dyn_key(N.SILENT), "silent (%)", 100.0),
         (N.dyn_key(N.DEAD), "dead (%)", 100.0),
@@ -277,8 +277,8 @@ def compare_figure(result: CompareResult) -> Path | None:
             n = min(len(c[0]) for c in curves)
             xs = curves[0][0][:n]
             ys = [k * statistics.fmean(c[1][j] for c in curves) for j in range(n)]
-            ax.plot(xs, ys, label=m)
+            ax.plot(xs, ys, marker="o", markersize=3, label=m)  # one epoch: a point, not nothing
             ax.set_title(label, fontsize=10)
-            ax.set_xlabel("epoch")
+            epoch_axis(ax)
     axes.flat[0].legend(fontsize=8)
     return save_figure(fig, plt, result.out / "compare.png")

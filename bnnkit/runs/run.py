@@ -8,6 +8,7 @@ when the last stage ends.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,15 +17,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as td
 from torch import nn
 
 from bnnkit._version import __version__
 from bnnkit.config import RunConfig, load_recipe, parse_override
 from bnnkit.data import build_data
-from bnnkit.runs.checkpoint import load_checkpoint
+from bnnkit.errors import BnnkitError, PeerFailedError
+from bnnkit.runs.checkpoint import Checkpoint, load_checkpoint
+from bnnkit.runs.preempt import StopSignals
 from bnnkit.runs.rundir import RunDirectory
-from bnnkit.runs.stages import RunContext, run_stages
-from bnnkit.training import Dist, EpochResult, RunLogger, process_group
+from bnnkit.runs.session import Session, load_resumed, newest_checkpoint, open_session
+from bnnkit.runs.stages import RunContext, run_stages, stage_result
+from bnnkit.training import Dist, EpochResult, RunLogger, StageProgress, process_group
 
 
 @dataclass
@@ -70,7 +75,8 @@ def _flatten(
 
 
 def build_run_data(cfg: RunConfig, dist: Dist) -> Any:
-    """Rank 0 builds (and, with ``download: true``, fetches) the data first; the others follow."""
+    """Rank 0 builds (and, with ``download: true``, fetches) the data first; the others follow,
+    or stop quietly where rank 0 failed (it says why)."""
 
     def build() -> Any:
         seed = cfg.stages[0].training.seed
@@ -79,9 +85,25 @@ def build_run_data(cfg: RunConfig, dist: Dist) -> Any:
 
     if not dist.enabled:
         return build()
-    data = build() if dist.is_main else None
-    dist.barrier()
+    data, failure = None, None
+    if dist.is_main:
+        try:
+            data = build()
+        except BnnkitError as err:
+            failure = err
+    if dist.any_rank(failure is not None):
+        if failure is not None:
+            raise failure
+        raise PeerFailedError("rank 0 could not build the data (its message says why)")
     return data if data is not None else build()
+
+
+class RunInterrupted(BnnkitError, RuntimeError):
+    """Ctrl-C (KeyboardInterrupt) stopped the run; the message says what was saved."""
+
+    exit_status = 130
+    label = "stopped"
+    everywhere = True  # Ctrl-C reaches every process of a torchrun job
 
 
 def train(
@@ -99,55 +121,148 @@ def train(
     Args:
         recipe: a recipe path, a shipped recipe name (``bnnkit list recipes``) or a dict.
         overrides: dotted ``key=value`` strings or a ``{"training.epochs": 3}`` dict.
-        out: run directory (default ``./runs/<recipe>-<date-time>``).
-        resume: a run directory (or checkpoint) to continue; its recipe is used, with
-            ``overrides`` applied on top (e.g. more epochs).
+        out: run directory (default ``./runs/<recipe>-<date-time>``). With ``resume``: a new
+            run directory to continue the checkpoint in.
+        resume: a run directory (its newest complete checkpoint) or a checkpoint file to
+            continue; its recipe is used, with ``overrides`` applied on top (e.g. more epochs).
+            A run that already finished is reported, not retrained.
         teacher: a frozen KD teacher module (overrides ``kd.teacher``).
         callbacks: called with an :class:`~bnnkit.training.EpochResult` after every epoch
             (on every rank), after its checkpoint is written.
         **sections: recipe sections to merge, e.g. ``training={"epochs": 3}``.
+
+    Raises:
+        RunPreempted: a SIGTERM / SIGUSR1 stopped the run after a checkpoint (exit 75).
+        RunInterrupted: Ctrl-C; the message names the newest checkpoint, if any.
     """
     flat = _flatten(overrides, sections)
-    ckpt = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        cfg = load_recipe(ckpt.recipe, flat)
-        run = RunDirectory.of_checkpoint(resume)
-    else:
-        cfg = load_recipe(recipe, flat)
-    first = cfg.stages[0].training
-    with process_group(first.device) as dist:
-        seed_everything(first.seed, first.deterministic)  # same init on every rank
-        if resume is None:
-            run = (
-                RunDirectory.create(out, cfg.name)
-                if dist.is_main
-                else RunDirectory(Path(out or "."))
-            )
-        if dist.is_main:
-            run.write_config(cfg.to_dict())
-        logger = RunLogger(
-            run.event_log() if dist.is_main else None,
-            tensorboard_dir=run.tensorboard if cfg.logging.tensorboard else None,
-            progress=cfg.logging.progress,
-            enabled=dist.is_main,
-        )  # fmt: skip
-        data = None
+    cfg = None if resume is not None else load_recipe(recipe, flat)
+    device = cfg.stages[0].training.device if cfg is not None else _device_of(resume, flat)
+    with process_group(device) as dist:
+        name = cfg.name if cfg is not None else "resumed"
+        session = open_session(dist, cfg, out=out, resume=resume, name=name)
         try:
+            return _train_session(dist, session, cfg, flat, teacher, callbacks)
+        except RuntimeError as err:
+            if dist.enabled and _peer_lost(err):  # another rank died; it says why
+                raise PeerFailedError(f"rank {dist.rank}: lost a peer ({err})") from None
+            raise
+        finally:
+            session.close()
+
+
+def _peer_lost(err: RuntimeError) -> bool:
+    """Whether ``err`` is the collective of a job whose other process has gone."""
+    text = str(err)
+    return isinstance(err, td.DistError) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    )
+
+
+def _device_of(resume: str | Path, flat: dict[str, Any]) -> str:
+    """The training device a resumed run asks for (its recipe with the overrides)."""
+    source: Path | None = Path(resume)
+    if source.is_dir():
+        source, _ = newest_checkpoint(RunDirectory(source))
+    if source is None or not source.is_file():  # the session says what is missing
+        return flat.get("training.device", "auto")
+    try:
+        ckpt = load_checkpoint(source, mmap=True)
+    except BnnkitError:
+        return flat.get("training.device", "auto")
+    return load_recipe(ckpt.recipe, flat).stages[0].training.device
+
+
+def _train_session(dist: Dist, session: Session, cfg: RunConfig | None, flat: dict[str, Any],
+                   teacher: nn.Module | None,
+                   callbacks: Sequence[Callable[[EpochResult], None]]) -> RunResult:  # fmt: skip
+    resumed = load_resumed(session, flat)
+    ckpt = None
+    if resumed is not None:
+        ckpt, cfg = resumed
+    assert cfg is not None
+    run = session.run
+    first = cfg.stages[0].training
+    seed_everything(first.seed, first.deterministic)  # same init on every rank
+    if ckpt is not None and _finished(cfg, ckpt):
+        return _already_finished(dist, run, cfg, ckpt)
+    if dist.is_main:
+        run.write_config(cfg.to_dict())
+    logger = RunLogger(
+        run.event_log() if dist.is_main else None,
+        tensorboard_dir=run.tensorboard if cfg.logging.tensorboard else None,
+        progress=cfg.logging.progress,
+        enabled=dist.is_main,
+    )  # fmt: skip
+    for note in session.notes:
+        logger.message(f"bnnkit: {note}")
+    data = None
+    try:
+        with StopSignals() as stop:
             data = build_run_data(cfg, dist)
             ctx = RunContext(cfg, run, dist, logger, data, teacher, callbacks,
                              start=time.time() - (ckpt.seconds if ckpt else 0.0),
-                             results=list(ckpt.stage_results) if ckpt else [])  # fmt: skip
+                             results=list(ckpt.stage_results) if ckpt else [], stop=stop)  # fmt: skip
             n_train = data.train.num_samples * dist.world_size
             n_val = data.val.num_samples * dist.world_size
-            logger.message(f"bnnkit {__version__}: run {run.path} | data {data.name} ({n_train} train / "
-                           f"{n_val} val) | {dist.world_size} process(es) on {dist.device}")  # fmt: skip
-            run_stages(ctx, ckpt)
+            dropped = (
+                data.train.dataset_size - n_train if hasattr(data.train, "dataset_size") else 0
+            )
+            note = f", {dropped} dropped: the last partial batch" if dropped > 0 else ""
+            logger.message(f"bnnkit {__version__}: run {run.path} | data {data.name} ({n_train} train"
+                           f"{note} / {n_val} val) | {dist.world_size} process(es) on {dist.device}")  # fmt: skip
+            if ckpt is not None:
+                logger.message(f"bnnkit: continuing from {session.checkpoint} (stage "
+                               f"{ckpt.stage_name!r}, step {ckpt.progress['step']})")  # fmt: skip
+            try:
+                run_stages(ctx, ckpt)
+            except KeyboardInterrupt:
+                raise RunInterrupted(_interrupted_message(run)) from None
             return _finish(ctx)
-        finally:
-            if data is not None:
-                data.close()
-            logger.close()
+    finally:
+        if data is not None:
+            data.close()
+        logger.close()
+
+
+def _finished(cfg: RunConfig, ckpt: Checkpoint) -> bool:
+    """Whether ``ckpt`` is the end of the run ``cfg`` describes (its last stage's last epoch)."""
+    last = len(cfg.stages) - 1
+    return ckpt.stage_index == last and ckpt.progress["epoch"] >= cfg.stages[last].training.epochs
+
+
+def _already_finished(dist: Dist, run: RunDirectory, cfg: RunConfig, ckpt: Checkpoint) -> RunResult:
+    """A resumed run that has nothing left to train: its results, its files untouched (the
+    summary is written only where the run was stopped before writing it)."""
+    summary = run.read_summary()
+    if not summary.get("stages"):
+        results = list(ckpt.stage_results)
+        if len(results) < len(cfg.stages):
+            results.append(stage_result(cfg.stages[-1], StageProgress(**ckpt.progress)))
+        ctx = RunContext(cfg, run, dist, RunLogger(enabled=False), None, results=results,
+                         start=time.time() - ckpt.seconds)  # fmt: skip
+        result = _finish(ctx)
+    else:
+        fields = {k: summary[k] for k in RunResult.__dataclass_fields__ if k in summary}
+        result = RunResult(run_dir=run.path if dist.is_main else None, **fields)
+    if dist.is_main:
+        epochs = cfg.stages[-1].training.epochs
+        print(f"bnnkit: {run.path} already finished ({epochs} epoch(s) of its last stage, "
+              f"stage {cfg.stages[-1].name!r}); nothing to train. To train longer, resume with "
+              f"a larger training.epochs", file=sys.stderr)  # fmt: skip
+    return result
+
+
+def _interrupted_message(run: RunDirectory) -> str:
+    path, _ = newest_checkpoint(run)
+    if path is None:
+        return (f"interrupted before the first checkpoint: nothing was saved. Start again with "
+                f"--out {run.path} (the folder is reused)")  # fmt: skip
+    ckpt = load_checkpoint(path, mmap=True)
+    p = ckpt.progress
+    return (f"interrupted; the newest checkpoint is {path} (stage {ckpt.stage_name!r}, "
+            f"{p['epoch']} epoch(s) done, step {p['step']}). Continue with "
+            f"`bnnkit train --resume {run.path}`")  # fmt: skip
 
 
 def _finish(ctx: RunContext) -> RunResult:

@@ -6,6 +6,9 @@
     <run>/metrics.jsonl          one JSON object per event (bnnkit.diagnostics.names)
     <run>/summary.json           best / final top-1 and top-5, time, final dynamics, per stage
     <run>/checkpoints/last.pt    every epoch; best.pt (final stage), <stage>-best.pt (others)
+    <run>/checkpoints/step-NNNNNNNNN.pt   inside epochs, every training.checkpoint_every_steps
+                                 steps and at a preemption (the newest keep_checkpoints kept)
+    <run>/.lock                  held by the process training into the run (bnnkit.runs.lock)
     <run>/tensorboard/           event files (when tensorboard is installed)
     <run>/dynamics/<stage>-init.safetensors    latent weights of the tracked layers at the
                                  stage start (float32, one tensor per layer; the OvSW figure)
@@ -44,7 +47,7 @@ from bnnkit.diagnostics.rundata import ReportError, RunData
 from bnnkit.errors import BnnkitError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
-CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
+CHECKPOINTS, LAST, BEST, STEP = "checkpoints", "last.pt", "best.pt", "step-"
 DYNAMICS, HISTOGRAMS, TENSORBOARD = "dynamics", "histograms.jsonl", "tensorboard"
 
 
@@ -134,6 +137,36 @@ class RunDirectory:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / LAST
 
+    def step_checkpoint(self, step: int) -> Path:
+        """``step-<step>.pt``: a checkpoint written inside an epoch, after optimizer step ``step``."""
+        return self.checkpoints / f"{STEP}{step:09d}.pt"
+
+    def step_checkpoints(self) -> list[Path]:
+        """The step checkpoints, oldest first."""
+        return sorted(self.checkpoints.glob(f"{STEP}*.pt")) if self.checkpoints.is_dir() else []
+
+    def checkpoint_files(self) -> list[Path]:
+        """Every checkpoint file of the run (last, best, per-stage best, step)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints.glob("*.pt") if p.is_file())
+
+    def prune_step_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest ``keep`` step checkpoints."""
+        for path in self.step_checkpoints()[:-keep]:
+            path.unlink(missing_ok=True)
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temp files of writes a killed process left behind (``.<name>.*.tmp``;
+        call while holding the run's lock); returns them."""
+        found = []
+        for folder in (self.path, self.checkpoints, self.path / DYNAMICS):
+            if folder.is_dir():
+                found += [p for p in folder.glob(".*.tmp") if p.is_file()]
+        for path in found:
+            path.unlink(missing_ok=True)
+        return found
+
     def best_checkpoint(self, stage: str | None = None) -> Path:
         """``best.pt`` (the final stage, ``stage=None``) or ``<stage>-best.pt``."""
         return self.checkpoints / (BEST if stage is None else f"{_safe_stage(stage)}-best.pt")
@@ -153,23 +186,43 @@ class RunDirectory:
     @classmethod
     def create(cls, out: str | Path | None, name: str) -> RunDirectory:
         """A new run directory (default ``./runs/<name>-<YYYYmmdd-HHMMSS>``); one that already
-        holds a run is refused (resume it instead)."""
+        holds a checkpoint is refused (resume it instead). A folder an earlier attempt left
+        without any checkpoint (it failed or was stopped before its first) is reused: its
+        event log, summary and dynamics are cleared. ``--out`` naming a file is refused."""
         if out is None:
             out = Path("runs") / f"{name.replace('/', '_')}-{datetime.now():%Y%m%d-%H%M%S}"
         run = cls(Path(out))
-        if run.checkpoints.exists():
+        if run.path.exists() and not run.path.is_dir():
+            raise RunDirectoryError(
+                f"--out {run.path} is a file, not a folder; choose another --out"
+            )
+        if run.checkpoint_files():
             raise RunDirectoryError(
                 f"{run.path} already holds a run; resume it with --resume {run.path} or choose "
                 "another --out"
             )
+        for stale in (run.metrics, run.summary):
+            stale.unlink(missing_ok=True)
+        dumps = run.path / DYNAMICS
+        for stale in [*dumps.glob("*-flips.safetensors"), *dumps.glob("*-init.safetensors"),
+                      dumps / HISTOGRAMS]:  # fmt: skip
+            stale.unlink(missing_ok=True)
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         return run
 
     @classmethod
     def of_checkpoint(cls, checkpoint: str | Path) -> RunDirectory:
-        """The run a checkpoint file (``<run>/checkpoints/x.pt``) or run directory belongs to."""
+        """The run a checkpoint file (``<run>/checkpoints/x.pt``) or run directory belongs to;
+        a :class:`RunDirectoryError` for a file outside a run's ``checkpoints/`` folder."""
         path = Path(checkpoint)
-        return cls(path if path.is_dir() else path.parents[1])
+        if path.is_dir():
+            return cls(path)
+        if path.resolve().parent.name != CHECKPOINTS:
+            raise RunDirectoryError(
+                f"{path} is not inside a run directory's {CHECKPOINTS}/ folder, so there is no "
+                f"run to continue in; pass --out DIR to continue it in a new run directory"
+            )
+        return cls(path.resolve().parents[1])
 
     # -- writers --------------------------------------------------------------------------------
     def event_log(self) -> EventLog:

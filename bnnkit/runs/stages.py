@@ -1,7 +1,13 @@
 """One stage of a run, end to end: build the model (from the previous stage's weights, or the
 checkpoint being resumed), its optimizer, trackers and KD teacher, wrap it for DDP / compile,
 then train it through :meth:`bnnkit.training.Trainer.epochs`, writing after each epoch the
-dynamics dumps and the checkpoints.
+dynamics dumps and the checkpoints, and inside epochs the step checkpoints
+(``training.checkpoint_every_steps``) and the one a stop signal asks for
+(:mod:`bnnkit.runs.preempt`).
+
+Checkpoints are written by rank 0; every rank then learns whether the write worked, so a
+failed write (disk full, no permission) stops the whole job with a message naming the file,
+and the previous checkpoints are left intact (atomic writes).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from torch import nn
 from bnnkit.config import RunConfig, StageConfig
 from bnnkit.diagnostics import Dynamics
 from bnnkit.diagnostics import names as N
+from bnnkit.errors import BnnkitError, PeerFailedError
 from bnnkit.methods import binarize_, get_method
 from bnnkit.models import create_model
 from bnnkit.nn import binary_layers
@@ -27,6 +34,7 @@ from bnnkit.runs.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from bnnkit.runs.preempt import EXIT_PREEMPTED, RunPreempted, StopSignals
 from bnnkit.runs.rundir import RunDirectory
 from bnnkit.training import (
     Dist,
@@ -56,6 +64,35 @@ def load_teacher(spec: str | nn.Module | None, device: torch.device) -> nn.Modul
     return model_from_checkpoint(load_checkpoint(spec), device)
 
 
+class TeacherError(BnnkitError, ValueError):
+    """The KD teacher does not fit the data or the student (checked before training)."""
+
+
+@torch.no_grad()
+def check_teacher(teacher: nn.Module, input_size: tuple[int, ...], classes: int,
+                  device: torch.device) -> None:  # fmt: skip
+    """Run the teacher once on a batch of two zero images of the data's shape: it must accept
+    them and give ``(2, classes)`` logits (else a :class:`TeacherError` before training)."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        out = teacher(torch.zeros(2, *input_size, device=device))
+    except (RuntimeError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise TeacherError(
+            f"kd.teacher does not take this data's inputs (shape {list(input_size)}): {first}. "
+            "Use a teacher trained on the same data (the same input size and classes)"
+        ) from None
+    finally:
+        teacher.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TeacherError(
+            f"kd.teacher gives outputs of shape {shape} for 2 images; the student has {classes} "
+            f"classes, so it needs [2, {classes}]. Use a teacher trained on the same classes"
+        )
+
+
 @dataclass
 class RunContext:
     """What every stage of one run shares."""
@@ -69,6 +106,20 @@ class RunContext:
     callbacks: Sequence[Callable[[EpochResult], None]] = ()
     start: float = field(default_factory=time.time)
     results: list[dict[str, Any]] = field(default_factory=list)
+    stop: StopSignals | None = None
+
+    def stop_agreed(self) -> str | None:
+        """The stop signal's name when any rank received one (every rank agrees), else None."""
+        local = self.stop is not None and self.stop.requested is not None
+        if not self.dist.any_rank(local):
+            return None
+        return (self.stop.requested if local else None) or "a stop signal (on another rank)"
+
+
+class CheckpointWriteError(BnnkitError, OSError):
+    """A checkpoint could not be written; the run stops, the previous checkpoints are intact."""
+
+    exit_status = 1
 
 
 def _wrap(model: nn.Module, stage: StageConfig, dist: Dist) -> nn.Module:
@@ -127,6 +178,8 @@ class StageRun:
         teacher = load_teacher(
             ctx.teacher if ctx.teacher is not None else stage.kd.teacher, dist.device
         )
+        if teacher is not None:
+            check_teacher(teacher, ctx.data.input_size, ctx.data.num_classes, dist.device)
         loss_fn = TaskLoss(
             stage.training.label_smoothing, teacher, stage.kd.alpha, stage.kd.temperature
         )
@@ -134,6 +187,7 @@ class StageRun:
             stage, model, optimizer, forward_model=_wrap(model, stage, dist), scaler=scaler,
             loss_fn=loss_fn, dist=dist, logger=ctx.logger, log_every=ctx.cfg.logging.log_every,
             progress=progress, dynamics=self.dynamics, dynamics_every=ctx.cfg.diagnostics.every,
+            on_step=self._on_step,
         )  # fmt: skip
 
     def _start_dynamics(
@@ -159,15 +213,43 @@ class StageRun:
 
     # -- training -------------------------------------------------------------------------------
     def train(self) -> StageProgress:
-        """The remaining epochs; after each: dynamics dumps, checkpoints, callbacks."""
+        """The remaining epochs; after each: dynamics dumps, checkpoints, callbacks; a stop
+        signal ends the stage after the checkpoint of the step (or epoch) it arrived in."""
         trainer = self.trainer
         for result in trainer.epochs(self.ctx.data.train, self.ctx.data.val):
             if self.ctx.dist.is_main:
                 self._write_dynamics(result.epoch)
-                self._save(result.is_best)
+            self._save(result.is_best)
             for callback in self.ctx.callbacks:
                 callback(result)
+            signal = self.ctx.stop_agreed()
+            if signal is not None:
+                self._stopped(signal, self.ctx.run.last_checkpoint)
         return trainer.progress
+
+    def _on_step(self, trainer: Trainer) -> None:
+        """After each step inside an epoch: a step checkpoint when one is due or a stop signal
+        arrived (then stop)."""
+        every = self.stage.training.checkpoint_every_steps
+        signal = self.ctx.stop_agreed()
+        if signal is None and not (every and trainer.progress.step % every == 0):
+            return
+        trainer.snapshot()  # checks the loss is finite on every rank first
+        run = self.ctx.run
+        path = run.step_checkpoint(trainer.progress.step)
+        self._write(path)
+        if self.ctx.dist.is_main:
+            run.prune_step_checkpoints(self.stage.training.keep_checkpoints)
+        if signal is not None:
+            self._stopped(signal, path)
+
+    def _stopped(self, signal: str, path: Any) -> None:
+        p, run = self.trainer.progress, self.ctx.run
+        raise RunPreempted(
+            f"stopped on {signal} after step {p.step} (stage {self.stage.name!r}, epoch "
+            f"{p.epoch + (1 if p.batch else 0)}); checkpoint {path}. Continue exactly with "
+            f"`bnnkit train --resume {run.path}` (exit status {EXIT_PREEMPTED}: requeue)"
+        )
 
     def _write_dynamics(self, epoch: int) -> None:
         dyn, ctx, stage = self.dynamics, self.ctx, self.stage
@@ -198,31 +280,58 @@ class StageRun:
         )  # fmt: skip
 
     def _save(self, is_best: bool) -> None:
-        ckpt = self.checkpoint()
+        """The epoch-end checkpoints: ``last.pt`` first (what a resume takes), then the best."""
+        paths = [self.ctx.run.last_checkpoint]
         if is_best:
-            ckpt.save(self.ctx.run.best_checkpoint(None if self.last else self.stage.name))
-        ckpt.save(self.ctx.run.last_checkpoint)
+            paths.append(self.ctx.run.best_checkpoint(None if self.last else self.stage.name))
+        self._write(*paths)
+
+    def _write(self, *paths: Any) -> None:
+        """Rank 0 writes the checkpoint of the stage as it stands to ``paths``; every rank then
+        agrees on success, and a failure stops them all (:class:`CheckpointWriteError` where it
+        happened, :class:`PeerFailedError` elsewhere)."""
+        error = None
+        if self.ctx.dist.is_main:
+            ckpt = self.checkpoint()
+            for path in paths:
+                try:
+                    ckpt.save(path)
+                except OSError as err:
+                    error = (path, err)
+                    break
+        if not self.ctx.dist.any_rank(error is not None):
+            return
+        if error is None:
+            raise PeerFailedError("rank 0 could not write a checkpoint (its message says why)")
+        path, err = error
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {path}: {err.strerror or err}. The run stops; the "
+            f"checkpoints already in {path.parent} are intact. Free disk space or fix the "
+            f"folder's permissions, then continue with `bnnkit train --resume {self.ctx.run.path}`"
+        ) from None
 
     def result(self) -> dict[str, Any]:
         """The stage's line of ``summary.json``."""
-        p = self.trainer.progress
-        final = next((h for h in reversed(p.history) if N.TOP1 in h), {})
-        last = p.history[-1] if p.history else {}
-        return {
-            "stage": self.stage.name,
-            "method": self.stage.method.name,
-            "epochs": self.stage.training.epochs,
-            "best_top1": p.best_top1,
-            "best_top5": p.best_top5,
-            "best_epoch": p.best_epoch + 1,
-            "final_top1": final.get(N.TOP1),
-            "final_top5": final.get(N.TOP5),
-            "dynamics": {
-                k: v
-                for k, v in last.items()
-                if k.startswith(N.DYN_PREFIX) and k.endswith(f"/{N.ALL}")
-            },
-        }
+        return stage_result(self.stage, self.trainer.progress)
+
+
+def stage_result(stage: StageConfig, p: StageProgress) -> dict[str, Any]:
+    """A stage's line of ``summary.json`` from its progress."""
+    final = next((h for h in reversed(p.history) if N.TOP1 in h), {})
+    last = p.history[-1] if p.history else {}
+    return {
+        "stage": stage.name,
+        "method": stage.method.name,
+        "epochs": stage.training.epochs,
+        "best_top1": p.best_top1,
+        "best_top5": p.best_top5,
+        "best_epoch": p.best_epoch + 1,
+        "final_top1": final.get(N.TOP1),
+        "final_top5": final.get(N.TOP5),
+        "dynamics": {
+            k: v for k, v in last.items() if k.startswith(N.DYN_PREFIX) and k.endswith(f"/{N.ALL}")
+        },
+    }
 
 
 def run_stages(ctx: RunContext, resume: Checkpoint | None) -> None:
@@ -236,6 +345,8 @@ def run_stages(ctx: RunContext, resume: Checkpoint | None) -> None:
         resuming = resume if resume is not None and index == start else None
         if resuming is not None and resuming.progress["epoch"] >= stage.training.epochs:
             set_rng_state(resuming.rng)  # the next stage's init draws from the saved stream
+            if len(ctx.results) <= index:  # a checkpoint of the stage's last epoch
+                ctx.results.append(stage_result(stage, StageProgress(**resuming.progress)))
             continue  # that stage finished; its weights start the next one
         stage_run = StageRun(ctx, index)
         stage_run.build(prev_state, resuming, step)

@@ -14,6 +14,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as td
@@ -29,6 +30,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    control: Any = None  # a gloo group for host-side agreement (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -57,6 +59,15 @@ class Dist:
         if self.enabled:
             td.barrier()
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (every rank gets the same answer). A host-side
+        all-reduce of one integer (over gloo: no device sync under NCCL)."""
+        if not self.enabled:
+            return bool(flag)
+        t = torch.tensor([int(bool(flag))], dtype=torch.int32)
+        td.all_reduce(t, op=td.ReduceOp.MAX, group=self.control)
+        return bool(t.item())
+
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:LOCAL_RANK`` if CUDA is available, else CPU."""
@@ -78,11 +89,14 @@ def init_distributed(device_spec: str = "auto") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_spec, local)
+    control = None
     if world > 1 and not td.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local, device)
+        if device.type == "cuda":
+            control = td.new_group(backend="gloo")
+    return Dist(rank, world, local, device, control)
 
 
 def shutdown(dist: Dist, *, completed: bool) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import write_fake
 
 from bnnkit.data import (
     DataConfig,
@@ -43,27 +44,6 @@ needs_excerpt = pytest.mark.skipif(
 )
 
 # ---------------------------------------------------------------------------- fakes
-
-
-def write_batch(path: Path, data: np.ndarray, labels: list[int], label_key: str) -> None:
-    """A batch file like the official ones (Python-2 style bytes keys)."""
-    with open(path, "wb") as f:
-        pickle.dump({b"data": data, label_key.encode(): labels, b"batch_label": b"x"}, f, 2)
-
-
-def write_fake(root: Path, name: str = "cifar10", n: int = 3, seed: int = 0) -> dict:
-    """A tiny data set in the official layout under ``root``; returns the arrays written."""
-    spec = cifar_mod.CIFAR[name]
-    folder = root / spec.folder
-    folder.mkdir(parents=True)
-    rng = np.random.RandomState(seed)
-    written = {}
-    for i, f in enumerate((*spec.train_files, *spec.test_files)):
-        data = rng.randint(0, 256, (n + i, 3072)).astype(np.uint8)
-        labels = rng.randint(0, spec.num_classes, n + i).tolist()
-        write_batch(folder / f, data, labels, spec.label_key)
-        written[f] = (data, labels)
-    return written
 
 
 def make_archive(path: Path, source: Path, extra: tarfile.TarInfo | None = None) -> str:

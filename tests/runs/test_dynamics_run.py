@@ -22,6 +22,7 @@ from bnnkit.methods.recu import ReCUSign
 from bnnkit.models import create_model
 from bnnkit.nn import BinaryConv2d, BinaryLinear
 from bnnkit.runs import CompareError, compare, load_checkpoint, load_run, train
+from bnnkit.runs.run import RunInterrupted
 
 
 def write_report(run_dir, out=None):
@@ -121,7 +122,7 @@ def test_resumed_run_continues_the_tracker_counts(tmp_path):
         if result.epoch == 1:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted):
         train(recipe(), out=tmp_path / "cut", callbacks=[stop])
     train(resume=tmp_path / "cut")
     a = load_file(str(tmp_path / "full" / "dynamics" / "stage1-flips.safetensors"))
@@ -274,7 +275,7 @@ def test_compare_resumes_skips_finished_runs_and_refuses_other_settings(recipe_f
         return train(*args, **kwargs)
 
     # a second method whose run was interrupted after one epoch
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted):
 
         def stop(result):
             raise KeyboardInterrupt

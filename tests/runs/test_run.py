@@ -14,6 +14,7 @@ from torch import nn
 import bnnkit
 from bnnkit.runs import CheckpointError, load_checkpoint, model_from_checkpoint, train
 from bnnkit.runs.checkpoint import Checkpoint, load_model_state, load_stage_init
+from bnnkit.runs.run import RunInterrupted
 from bnnkit.training import NonFiniteLossError
 
 BASE = {
@@ -78,7 +79,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one_step_for_step(
         if result.epoch == 1:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted):
         train(recipe(), out=tmp_path / "cut", callbacks=[stop_after_two])
     assert load_checkpoint(tmp_path / "cut").progress["epoch"] == 2
     resumed = train(resume=tmp_path / "cut")
@@ -222,8 +223,28 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable bnnkit checkpoint"):
+    with pytest.raises(CheckpointError, match="not a bnnkit checkpoint") as info:
         load_checkpoint(tmp_path / "x.pt")
+    text = str(info.value)  # torch's own advice (load unsafely, file an issue) is not passed on
+    assert "not a torch checkpoint" in text and "file an issue" not in text
+    assert "arbitrary code" not in text and "do not load it with pickle" in text
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty \(0 bytes\)"):
+        load_checkpoint(tmp_path / "empty.pt")
+    good = tmp_path / "good.pt"
+    train(recipe(training={"epochs": 1}), out=tmp_path / "run")
+    data = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    good.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="cut short"):
+        load_checkpoint(good)
+
+    class Code:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"model": Code()}, tmp_path / "code.pt")
+    with pytest.raises(CheckpointError, match=r"refers to Python code \(builtins.print\)"):
+        load_checkpoint(tmp_path / "code.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "y.pt")
     with pytest.raises(CheckpointError, match="not a bnnkit checkpoint"):
         load_checkpoint(tmp_path / "y.pt")
@@ -276,7 +297,7 @@ def test_resume_at_a_stage_boundary_matches_the_uninterrupted_run(tmp_path):
         if result.stage == "step1":
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunInterrupted):
         train(recipe(stages=stages), out=tmp_path / "cut", callbacks=[stop_after_step1])
     train(resume=tmp_path / "cut")
     a, b = load_checkpoint(tmp_path / "full").model, load_checkpoint(tmp_path / "cut").model
