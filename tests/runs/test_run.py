@@ -243,7 +243,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
             return (print, ("ran",))
 
     torch.save({"model": Code()}, tmp_path / "code.pt")
-    with pytest.raises(CheckpointError, match=r"refers to Python code \(builtins.print\)"):
+    with pytest.raises(CheckpointError, match=r"refers to Python code \(.*print\)"):
         load_checkpoint(tmp_path / "code.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "y.pt")
     with pytest.raises(CheckpointError, match="not a bnnkit checkpoint"):
