@@ -188,6 +188,10 @@ def _train_session(dist: Dist, session: Session, cfg: RunConfig | None, flat: di
         return _already_finished(dist, run, cfg, ckpt)
     if dist.is_main:
         run.write_config(cfg.to_dict())
+        dropped = run.rewind_events(ckpt.progress["step"]) if ckpt is not None else 0
+        if dropped:
+            session.notes.append(f"dropped {dropped} event(s) logged after the checkpoint's step "
+                                 f"{ckpt.progress['step']} from {run.metrics.name}")  # fmt: skip
     logger = RunLogger(
         run.event_log() if dist.is_main else None,
         tensorboard_dir=run.tensorboard if cfg.logging.tensorboard else None,

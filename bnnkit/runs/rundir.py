@@ -229,6 +229,18 @@ class RunDirectory:
         """The sink of the run's log events (``metrics.jsonl``, appended on resume)."""
         return EventLog(self.metrics)
 
+    def rewind_events(self, step: int) -> int:
+        """Drop the events logged after optimizer step ``step`` (a run resumed from a checkpoint
+        of that step logs them again), so the log reads as an uninterrupted run's; returns how
+        many were dropped. Rewrites ``metrics.jsonl`` atomically."""
+        if not self.metrics.is_file():
+            return 0
+        events = read_jsonl(self.metrics)
+        kept = [e for e in events if int(e.get("step", 0)) <= step]
+        if len(kept) < len(events) or len(events) < self.metrics.read_text().count("\n"):
+            atomic_write_text("".join(json.dumps(e) + "\n" for e in kept), self.metrics)
+        return len(events) - len(kept)
+
     def write_config(self, resolved: dict[str, Any]) -> Path:
         """``config.yaml``: the resolved recipe, the versions and the git revision."""
         versions = {"bnnkit": __version__, "torch": str(torch.__version__),

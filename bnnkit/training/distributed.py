@@ -84,6 +84,20 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def _attempt_store(rank: int, world: int) -> td.Store | None:
+    """After an elastic restart (``TORCHELASTIC_RESTART_COUNT`` > 0), the rendezvous store
+    under a prefix of its own: torchrun's agent keeps its store across restarts, and the new
+    workers would otherwise read the dead ones' addresses from it (gloo: "connectFullMesh
+    failed ... Connection refused"). ``None`` (the plain ``env://`` store) otherwise."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0:
+        return None
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it
+    base = td.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                       is_master=not agent and rank == 0, multi_tenant=True)  # fmt: skip
+    return td.PrefixStore(f"bnnkit/attempt_{attempt}", base)
+
+
 def init_distributed(device_spec: str = "auto") -> Dist:
     """Join the process group when launched by torchrun; a single process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -93,7 +107,8 @@ def init_distributed(device_spec: str = "auto") -> Dist:
     if world > 1 and not td.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                              store=_attempt_store(rank, world), rank=rank, world_size=world)  # fmt: skip
         if device.type == "cuda":
             control = td.new_group(backend="gloo")
     return Dist(rank, world, local, device, control)
