@@ -81,7 +81,9 @@ def test_sigterm_checkpoints_exits_75_and_resume_is_exact(tmp_path):
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     a, b = events(tmp_path / "full", "train"), events(tmp_path / "cut", "train")
-    assert [(e["step"], e["loss"], e["lr"]) for e in a] == [(e["step"], e["loss"], e["lr"]) for e in b]
+    assert [(e["step"], e["loss"], e["lr"]) for e in a] == [
+        (e["step"], e["loss"], e["lr"]) for e in b
+    ]
     wa, wb = load_checkpoint(tmp_path / "full").model, load_checkpoint(tmp_path / "cut").model
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -167,8 +169,12 @@ def test_a_user_error_on_rank_0_is_one_line_under_torchrun(tmp_path):
 
 
 def test_a_nan_under_torchrun_is_printed_once(tmp_path):
-    recipe = {**RECIPE, "method": {"name": "float"}, "training": {"epochs": 1},
-              "optimizer": {"name": "sgd", "lr": 1e38, "momentum": 0.9}}  # overflows at step 2
+    recipe = {
+        **RECIPE,
+        "method": {"name": "float"},
+        "training": {"epochs": 1},
+        "optimizer": {"name": "sgd", "lr": 1e38, "momentum": 0.9},
+    }  # overflows at step 2
     path = _recipe_file(tmp_path, recipe)
     proc = subprocess.run(_torchrun(path, tmp_path / "nan"), env=ENV, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
