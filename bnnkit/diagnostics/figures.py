@@ -52,7 +52,7 @@ def epoch_axis(*axes: Any) -> None:
 
     for ax in axes:
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _evenly(items: list[Any], k: int) -> list[Any]:
@@ -168,6 +168,8 @@ def figure_flip_accuracy(run: RunData, plt: Any, out: Path) -> Path | None:
     ax2 = ax.twinx()
     ax2.plot(ax_x, acc, "-", marker="o", markersize=4, color="tab:blue", label="top-1")
     ax2.set_ylabel("val top-1 (%)", color="tab:blue")
+    epoch_axis(ax, ax2)  # after twinx, which sets its own x ticker
+    ax2.set_xlabel("")
     ax.set_title("Oscillation and accuracy")
     return save_figure(fig, plt, out / "flip_accuracy.png")
 
@@ -192,6 +194,8 @@ def figure_dead_tau(run: RunData, plt: Any, out: Path) -> Path | None:
         ax2.set_ylabel("ReCU τ", color="tab:green")
         more, more_labels = ax2.get_legend_handles_labels()
         handles, labels = handles + more, labels + more_labels
+        epoch_axis(ax, ax2)
+        ax2.set_xlabel("")
     ax.legend(handles, labels, fontsize=8, loc="upper left")
     ax.set_title("Dead weights" + (" and ReCU's τ" if tx else ""))
     return save_figure(fig, plt, out / "dead_tau.png")

@@ -22,6 +22,36 @@ def test_list_models_and_methods(capsys):
     assert "approx_sign" in capsys.readouterr().out
 
 
+def test_listings_print_plain_text_not_markup(capsys):
+    for what in ("models", "methods"):
+        assert main(["list", what]) == 0
+        out = capsys.readouterr().out
+        assert "``" not in out and ":math:" not in out and ":class:" not in out, out
+    assert main(["list", "models"]) == 0
+    assert "depth binary hidden layers of width hidden" in capsys.readouterr().out
+
+
+def test_help_does_not_import_torch():
+    """`bnnkit --help` (and argument errors) answer without loading torch (2 s here)."""
+    code = ("import sys; from bnnkit.cli.main import build_parser; build_parser(); "
+            "import bnnkit; print('torch' in sys.modules)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnnkit", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "train" in proc.stdout
+
+
+def test_the_package_still_exports_its_api_lazily():
+    import bnnkit
+
+    assert callable(bnnkit.create_model) and callable(bnnkit.train) and bnnkit.export.save_packed
+    assert {"create_model", "train", "export"} <= set(dir(bnnkit))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bnnkit.nope  # noqa: B018
+
+
 def test_summary_table_and_json(capsys):
     assert main(["summary", "resnet20", "--method", "xnor"]) == 0
     out = capsys.readouterr().out

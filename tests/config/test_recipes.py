@@ -64,6 +64,24 @@ def test_switching_method_drops_the_old_methods_fields():
     assert cfg.stages[0].method.to_config() == {"name": "reactnet", "weights": "float"}
 
 
+def test_model_name_and_method_name_switch_their_section_alike():
+    cfg = load_recipe(BASE, ["model.name=resnet20"])  # mlp's hidden does not carry over
+    assert cfg.model.name == "resnet20" and cfg.model.options == {}
+    cfg = load_recipe(BASE, ["model.name=resnet20", "model.pad_value=1"])  # either order
+    assert cfg.model.pad_value == 1.0 and cfg.model.options == {}
+    cfg = load_recipe(BASE, ["model.depth=3", "model.name=mlp"])  # the same name keeps it
+    assert cfg.model.options == {"hidden": 32, "depth": 3}
+    cfg = load_recipe(BASE, ["method.name=irnet"])
+    assert cfg.stages[0].method.t_min == 0.1
+    with pytest.raises(ConfigError, match=r"model\.hidden: not an option of model resnet20"):
+        load_recipe(BASE, ["model.hidden=8", "model.name=resnet20"])
+
+
+def test_an_override_that_is_not_yaml_names_its_key():
+    with pytest.raises(ConfigError, match=r"^training\.epochs = '\[1' is not a YAML value .*quote"):
+        load_recipe(BASE, ["training.epochs=[1"])
+
+
 def test_stages_merge_over_the_top_level():
     raw = {**BASE, "method": {"name": "reactnet"}, "stages": [
         {"name": "step1", "method": {"name": "reactnet", "weights": "float"}, "optimizer": {"weight_decay": 1e-5}},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
 import yaml
@@ -142,6 +145,35 @@ def test_cli_export_and_predict_give_the_checkpoint_accuracy(tmp_path, capsys):
     assert "data.* overrides only" in capsys.readouterr().err
 
 
+def test_predict_images_per_second_leaves_out_the_first_call(tmp_path, monkeypatch):
+    """numba compiles (or loads its cache) on a model's first call: not part of the figure."""
+    import time
+
+    from bnnkit.runs import evaluate as evaluate_mod
+
+    run = _tiny_run(tmp_path)
+    file = tmp_path / "model.bnn"
+    assert main(["export", str(run), "--out", str(file)]) == 0
+    real = evaluate_mod.load_packed
+
+    def slow_first_call(*args, **kwargs):
+        model = real(*args, **kwargs)
+        forward, calls = model.forward, []
+
+        def first_slow(x):
+            if not calls:
+                time.sleep(1.0)
+            calls.append(1)
+            return forward(x)
+
+        model.forward = first_slow
+        return model
+
+    monkeypatch.setattr(evaluate_mod, "load_packed", slow_first_call)
+    metrics = evaluate_mod.evaluate_packed(file)
+    assert metrics["samples"] == 48 and metrics["images_per_s"] > 48 / 0.5
+
+
 def test_pad_value_survives_the_file(tmp_path):
     model = bnnkit.binarize_(trained_like("resnet20", "reactnet"), "reactnet", pad_value=1)
     model.eval()
@@ -163,3 +195,60 @@ def test_float_state_bytes_leaves_out_the_sign_history():
     assert binary_weights > 0
     assert float_state_bytes(model) == total - 2 * binary_weights
     assert float_state_bytes(model) == float_state_bytes(bnnkit.create_model("resnet20"))
+
+
+def _rewrite_header(path, dest, **changes):
+    """``path`` with header fields changed (None removes one), tensors unchanged."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key)
+        else:
+            meta[key] = value
+    save_file(load_file(str(path)), str(dest), metadata=meta)
+    return dest
+
+
+def test_the_payload_checksum_refuses_flipped_bytes(tmp_path):
+    path = save_packed(_model("resnet20", "ste"), tmp_path / "m.bnn")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    assert meta["format_version"] == "3"
+    assert meta["payload_sha256"] == hashlib.sha256(data[8 + n :]).hexdigest()  # the spec
+    load_packed(path)
+    damaged = bytearray(data)
+    for i in (8 + n + 100, len(data) - 7):  # a weight word and the last tensor's bytes
+        damaged[i] ^= 0x10
+    (tmp_path / "bad.bnn").write_bytes(bytes(damaged))
+    with pytest.raises(ExportError, match=r"bad\.bnn: its tensors are damaged"):
+        load_packed(tmp_path / "bad.bnn")
+    stripped = _rewrite_header(path, tmp_path / "nosum.bnn", payload_sha256=None)
+    with pytest.raises(ExportError, match="no payload_sha256"):
+        load_packed(stripped)  # a version-3 file always has one
+    old = _rewrite_header(path, tmp_path / "v2.bnn", payload_sha256=None, format_version="2")
+    load_packed(old)  # files of earlier versions carry none and still load
+
+
+def test_a_damaged_header_names_the_file_and_the_field(tmp_path):
+    path = save_packed(_model("resnet20", "ste"), tmp_path / "m.bnn")
+    cases = {
+        "nolayers": ({"layers": None}, r"nolayers\.bnn: the header has no 'layers' field"),
+        "badjson": ({"model": "{not json"}, r"badjson\.bnn: the header's 'model' field is not valid JSON"),
+        "notalist": ({"layers": '{"a": 1}'}, r"notalist\.bnn: the header's 'layers' field must be a list"),
+        "nomodel": ({"model": '{"name": "resnet20"}'}, r"nomodel\.bnn: the header's 'model' field must hold"),
+    }  # fmt: skip
+    for name, (changes, message) in cases.items():
+        bad = _rewrite_header(path, tmp_path / f"{name}.bnn", **changes)
+        with pytest.raises(ExportError, match=message):
+            load_packed(bad)
+    with safe_open(str(path), framework="pt") as f:
+        spec = json.loads(f.metadata()["model"])
+    other = _rewrite_header(path, tmp_path / "other.bnn",
+                            model=json.dumps({**spec, "name": "mlp", "options": {}}))  # fmt: skip
+    with pytest.raises(
+        ExportError, match=r"other\.bnn: the header names layer '.*', which model 'mlp'"
+    ):
+        load_packed(other)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -212,6 +213,38 @@ def test_report_writes_markdown_and_every_figure(ste_run, tmp_path):
     split = figures_mod.silent_split(load_run(ste_run))
     epochs = events(ste_run, "epoch")
     assert split["percent"] == pytest.approx(100 * epochs[-1][f"dyn/silent/{names[-1]}"])
+
+
+def test_figures_of_a_one_epoch_run_show_points_whole_epochs_and_tau(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    compare_mod = importlib.import_module("bnnkit.runs.compare")  # the name is also a function
+    figures, real = {}, figures_mod.save_figure
+
+    def keep(fig, plt, path):
+        figures.setdefault(path.name, fig)  # the recu run's report comes first
+        fig.canvas.draw()  # ticks are placed at draw time
+        return real(fig, plt, path)
+
+    monkeypatch.setattr(figures_mod, "save_figure", keep)
+    monkeypatch.setattr(compare_mod, "save_figure", keep)
+    one = recipe(method={"name": "recu"}, training={"epochs": 1})
+    train(one, out=tmp_path / "run")
+    write_report(tmp_path / "run", tmp_path / "rep")
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(one))
+    compare(str(path), ["ste"], [0], out=tmp_path / "cmp", log=lambda s: None)
+    assert {"flip_accuracy.png", "dead_tau.png", "oscillation.png", "compare.png"} <= set(figures)
+    for name in ("flip_accuracy.png", "dead_tau.png", "oscillation.png", "compare.png"):
+        for ax in figures[name].axes:
+            for line in ax.get_lines():  # one epoch: one point per line, drawn as a marker
+                assert line.get_marker() not in (None, "", "None"), (name, line.get_label())
+            if ax.get_xlabel() == "epoch":
+                assert all(float(t).is_integer() for t in ax.get_xticks()), (name, ax.get_xticks())
+    legend = figures["dead_tau.png"].axes[0].get_legend()
+    assert "ReCU τ" in [t.get_text() for t in legend.get_texts()]
+    titles = [ax.get_title() for f in figures.values() for ax in f.axes]
+    assert not any(t.lower().startswith("flip rate") for t in titles), titles  # one name:
+    assert "Oscillation per layer and epoch" in str(titles)  # oscillation (the heat map too)
 
 
 def test_report_without_matplotlib_keeps_the_tables(ste_run, tmp_path, monkeypatch):

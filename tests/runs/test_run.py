@@ -12,9 +12,11 @@ from _helpers import events, merged
 from torch import nn
 
 import bnnkit
+from bnnkit.cli.main import main
 from bnnkit.runs import CheckpointError, load_checkpoint, model_from_checkpoint, train
 from bnnkit.runs.checkpoint import Checkpoint, load_model_state, load_stage_init
 from bnnkit.runs.run import RunInterrupted
+from bnnkit.runs.stages import TeacherError
 from bnnkit.training import NonFiniteLossError
 
 BASE = {
@@ -248,6 +250,24 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "y.pt")
     with pytest.raises(CheckpointError, match="not a bnnkit checkpoint"):
         load_checkpoint(tmp_path / "y.pt")
+
+
+def test_an_incompatible_kd_teacher_is_refused_before_training(tmp_path):
+    other = tmp_path / "other"  # a teacher trained on 6 features and 3 classes
+    train(merged(BASE, data={"synthetic_shape": [6], "synthetic_classes": 3},
+                 model={"in_features": 6}, method={"name": "float"}, training={"epochs": 1}),
+          out=other)  # fmt: skip
+    with pytest.raises(
+        TeacherError, match=r"kd\.teacher does not take this data's inputs \(shape \[12\]\)"
+    ):
+        train(recipe(kd={"teacher": str(other)}), out=tmp_path / "a")
+    assert events(tmp_path / "a", "train") == []  # refused before the first step
+    with pytest.raises(TeacherError, match=r"outputs of shape \[2, 3\].*needs \[2, 4\]"):
+        train(recipe(), out=tmp_path / "b", teacher=nn.Linear(12, 3))
+    assert (
+        main(["train", "training.epochs=1", f"kd.teacher={other}", "--out", str(tmp_path / "c")])
+        == 2
+    )
 
 
 def test_kd_teacher_from_a_checkpoint_and_from_a_module(tmp_path):
