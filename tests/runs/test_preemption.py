@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -86,6 +87,39 @@ def test_sigterm_checkpoints_exits_75_and_resume_is_exact(tmp_path):
     ]
     wa, wb = load_checkpoint(tmp_path / "full").model, load_checkpoint(tmp_path / "cut").model
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_kill_9_at_random_moments_then_resume_ends_as_an_uninterrupted_run(tmp_path):
+    recipe = {**RECIPE, "training": {**RECIPE["training"], "checkpoint_every_steps": 40}}
+    path = _recipe_file(tmp_path, recipe)
+    full = subprocess.run(_cli(str(path), "--out", str(tmp_path / "full")), env=ENV,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert full.returncode == 0, full.stderr[-3000:]
+    rng = random.Random(0)
+    again = _cli(str(path), "--out", str(tmp_path / "cut"), "training.auto_resume=true")
+    log = tmp_path / "cut" / "metrics.jsonl"
+    targets = sorted(rng.sample(range(5, 760), 6))  # steps at which to kill, across the run
+    reached = []
+    for target in [None, *targets]:  # None: during start-up, before any checkpoint
+        proc = subprocess.Popen(again, env=ENV, stderr=subprocess.PIPE, text=True)
+        if target is None:
+            time.sleep(0.5)
+        else:  # kill -9 as soon as the step is logged: inside a step or a checkpoint write
+            _wait_for_step(tmp_path / "cut", target, proc)
+        proc.kill()
+        proc.communicate()
+        steps = (
+            [json.loads(x)["step"] for x in log.read_text().splitlines()] if log.exists() else []
+        )
+        reached.append(max(steps, default=0))
+    assert len(set(reached[1:])) >= 4 and max(reached) < 768, reached  # killed at many places
+    done = subprocess.run(again, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = events(tmp_path / "full", "train"), events(tmp_path / "cut", "train")
+    assert [(e["step"], e["loss"]) for e in a] == [(e["step"], e["loss"]) for e in b]
+    wa, wb = load_checkpoint(tmp_path / "full").model, load_checkpoint(tmp_path / "cut").model
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not list((tmp_path / "cut").rglob(".*.tmp"))
 
 
 def test_a_second_signal_exits_at_once(tmp_path):
