@@ -10,11 +10,9 @@ from bnnkit.training.engine import (
     StageProgress,
     StepResult,
     Trainer,
-    accuracy_counts,
-    autocast_for,
     epoch_line,
-    evaluate,
 )
+from bnnkit.training.evaluation import accuracy_counts, autocast_for, evaluate
 from bnnkit.training.logging import RunLogger, to_number
 from bnnkit.training.losses import TaskLoss, distribution_loss
 from bnnkit.training.optim import build_optimizer, lr_at, param_groups, set_lr

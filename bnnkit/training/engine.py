@@ -22,10 +22,9 @@ caller writes any checkpoint, so a NaN never reaches one).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +38,7 @@ from bnnkit.errors import BnnkitError
 from bnnkit.methods import TrainState
 from bnnkit.nn import binary_layers, update_sign_history
 from bnnkit.training.distributed import Dist
+from bnnkit.training.evaluation import autocast_for, evaluate
 from bnnkit.training.logging import RunLogger
 from bnnkit.training.losses import TaskLoss
 from bnnkit.training.optim import lr_at, set_lr
@@ -127,52 +127,6 @@ class _EpochSums:
         out = {"loss": float(self.loss), "window": float(self.window), "seen": self.seen,
                "window_steps": self.window_steps, "window_images": self.window_images}  # fmt: skip
         return out if self.last_flip is None else {**out, "last_flip": float(self.last_flip)}
-
-
-def accuracy_counts(logits: Tensor, targets: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
-    """Number of top-1 and top-k hits in a batch (device tensors, no sync)."""
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hits = top == targets.unsqueeze(1)
-    return hits[:, 0].sum(), hits.any(dim=1).sum()
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
-    dist: Dist | None = None,
-    autocast: Callable[[], Any] = contextlib.nullcontext,
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%), mean cross-entropy and sample count over the (sharded) loader."""
-    dist = dist or Dist()
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=dist.device)  # top1, top5, loss, n
-    for x, y in loader:
-        with autocast():
-            out = model(x)
-        t1, t5 = accuracy_counts(out, y)
-        loss = nn.functional.cross_entropy(out.float(), y, reduction="sum")
-        n = torch.tensor(float(len(y)), dtype=torch.float64, device=dist.device)
-        totals += torch.stack([t1.double(), t5.double(), loss.double(), n])
-    model.train(was_training)
-    totals = dist.all_reduce_sum(totals)
-    n = max(float(totals[3]), 1.0)
-    return {
-        N.TOP1: 100 * float(totals[0]) / n,
-        N.TOP5: 100 * float(totals[1]) / n,
-        N.LOSS: float(totals[2]) / n,
-        "samples": int(n),
-    }
-
-
-def autocast_for(amp: str, device: torch.device) -> Callable[[], Any]:
-    """The autocast context of ``training.amp`` on ``device`` (CUDA only; else no autocast)."""
-    if amp == "none" or device.type != "cuda":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
 
 
 class Trainer:

@@ -1,0 +1,59 @@
+"""Evaluation (top-1 / top-5 / loss over a sharded loader) and the autocast of ``training.amp``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bnnkit.diagnostics import names as N
+from bnnkit.training.distributed import Dist
+
+
+def accuracy_counts(logits: Tensor, targets: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
+    """Number of top-1 and top-k hits in a batch (device tensors, no sync)."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hits = top == targets.unsqueeze(1)
+    return hits[:, 0].sum(), hits.any(dim=1).sum()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    dist: Dist | None = None,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%), mean cross-entropy and sample count over the (sharded) loader."""
+    dist = dist or Dist()
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=dist.device)  # top1, top5, loss, n
+    for x, y in loader:
+        with autocast():
+            out = model(x)
+        t1, t5 = accuracy_counts(out, y)
+        loss = nn.functional.cross_entropy(out.float(), y, reduction="sum")
+        n = torch.tensor(float(len(y)), dtype=torch.float64, device=dist.device)
+        totals += torch.stack([t1.double(), t5.double(), loss.double(), n])
+    model.train(was_training)
+    totals = dist.all_reduce_sum(totals)
+    n = max(float(totals[3]), 1.0)
+    return {
+        N.TOP1: 100 * float(totals[0]) / n,
+        N.TOP5: 100 * float(totals[1]) / n,
+        N.LOSS: float(totals[2]) / n,
+        "samples": int(n),
+    }
+
+
+def autocast_for(amp: str, device: torch.device) -> Callable[[], Any]:
+    """The autocast context of ``training.amp`` on ``device`` (CUDA only; else no autocast)."""
+    if amp == "none" or device.type != "cuda":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
