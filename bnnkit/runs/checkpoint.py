@@ -35,7 +35,8 @@ from bnnkit.errors import BnnkitError
 from bnnkit.nn import BinaryLayer, binary_layers, reset_sign_history
 
 FORMAT = "bnnkit-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 2: per-part method state, the sign history; 3: step checkpoints
+# (progress.batch / progress.partial, the trackers' running sums); format 2 reads as is
 _V1_REPLACED = ("prev_sign", "weight_prev", "primed")  # buffers the sign history replaced
 
 
@@ -138,7 +139,7 @@ class Checkpoint:
                 f"{source} is not a complete bnnkit checkpoint (missing {missing})"
             )
         ckpt = cls(**{k: v for k, v in data.items() if k in names})
-        if version < FORMAT_VERSION:
+        if version < 2:
             ckpt._upgrade_v1()
         return ckpt
 

@@ -84,7 +84,7 @@ def _checkpoint() -> Checkpoint:
 def test_the_format_round_trips_and_states_its_version(tmp_path):
     path = _checkpoint().save(tmp_path / "c.pt")
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "bnnkit-checkpoint" and raw["format_version"] == FORMAT_VERSION == 2
+    assert raw["format"] == "bnnkit-checkpoint" and raw["format_version"] == FORMAT_VERSION == 3
     back, want = load_checkpoint(path), _checkpoint()
     assert torch.equal(back.model["w"], want.model["w"]) and back.upgraded_from is None
     assert {**vars(back), "model": None} == {**vars(want), "model": None}
@@ -94,7 +94,7 @@ def test_a_newer_format_is_refused_with_what_to_do(tmp_path):
     data = _checkpoint().to_dict() | {"format_version": FORMAT_VERSION + 1, "bnnkit_version": "9.0"}
     torch.save(data, tmp_path / "new.pt")
     with pytest.raises(
-        CheckpointError, match=r"format 3, written by a newer bnnkit \(9\.0\).*upgrade bnnkit"
+        CheckpointError, match=r"format 4, written by a newer bnnkit \(9\.0\).*upgrade bnnkit"
     ):
         load_checkpoint(tmp_path / "new.pt")
 
@@ -110,3 +110,30 @@ def test_foreign_and_incomplete_files_are_refused(tmp_path):
         CheckpointError, match=r"not a complete bnnkit checkpoint \(missing \['optimizer'\]\)"
     ):
         load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_a_format_2_checkpoint_resumes_as_it_did(tmp_path):
+    """Format 2 (epoch-end checkpoints only): no progress.batch / partial, and the trackers'
+    state without their running sums (zero at an epoch end): it loads and continues."""
+    recipe = {
+        "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
+                 "synthetic_train": 128, "synthetic_val": 32, "batch_size": 32},
+        "model": {"name": "mlp", "in_features": 12, "hidden": 16, "depth": 2},
+        "method": {"name": "recu"},
+        "training": {"epochs": 2, "seed": 0},
+        "logging": {"progress": "off", "tensorboard": False},
+    }  # fmt: skip
+    train(recipe, out=tmp_path / "full")
+    train({**recipe, "training": {"epochs": 1, "seed": 0}}, out=tmp_path / "old")
+    path = tmp_path / "old" / "checkpoints" / "last.pt"
+    data = torch.load(path, weights_only=True)
+    sums = ("win_sums", "win_counts", "ep_sums", "ep_counts")
+    assert set(sums) <= set(data["dynamics"]) and "batch" in data["progress"]  # format 3 has them
+    data["format_version"] = 2
+    data["progress"] = {k: v for k, v in data["progress"].items() if k not in ("batch", "partial")}
+    data["dynamics"] = {k: v for k, v in data["dynamics"].items() if k not in sums}
+    torch.save(data, path)
+    assert load_checkpoint(path).upgraded_from is None
+    train(resume=tmp_path / "old", overrides=["training.epochs=2"])
+    a, b = load_checkpoint(tmp_path / "full").model, load_checkpoint(tmp_path / "old").model
+    assert all(torch.equal(a[k], b[k]) for k in a)
