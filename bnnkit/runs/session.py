@@ -55,6 +55,24 @@ def newest_checkpoint(run: RunDirectory) -> tuple[Path | None, list[str]]:
     return (best[1] if best else None), notes
 
 
+def _position(path: Path) -> tuple[int, int]:
+    ckpt = load_checkpoint(path, mmap=True)
+    return ckpt.stage_index, int(ckpt.progress.get("step", 0))
+
+
+def _check_newest(run: RunDirectory, source: Path) -> None:
+    """In place, only the run's newest checkpoint continues it: continuing an older one there
+    would leave the newer checkpoints of the abandoned steps for a later resume to pick."""
+    newest, _ = newest_checkpoint(run)
+    if newest is None or _position(newest) <= _position(source):
+        return
+    raise CheckpointError(
+        f"{source} is older than {newest}, the newest checkpoint of {run.path}: continuing it "
+        f"in place would mix two histories. Continue it in a new run directory with --out DIR, "
+        f"or resume the run itself with --resume {run.path}"
+    )
+
+
 @dataclass
 class Session:
     """The agreed decision: the run directory, the checkpoint to continue from (or None), the
@@ -96,8 +114,14 @@ def _decide(cfg: RunConfig | None, out: str | Path | None, resume: str | Path | 
             raise CheckpointError(f"--resume {source}: no such run directory or checkpoint")
         run = RunDirectory(Path(out)) if out is not None else RunDirectory.of_checkpoint(source)
         lock = _lock(run.path, notes)
-        if out is not None:  # continue a checkpoint in a new run directory
-            RunDirectory.create(run.path, name)
+        try:
+            if out is not None:  # continue a checkpoint in a new run directory
+                RunDirectory.create(run.path, name)
+            elif source.is_file():
+                _check_newest(run, source)
+        except BnnkitError:
+            lock.release()
+            raise
         checkpoint = source
         if source.is_dir():
             checkpoint, skipped = newest_checkpoint(RunDirectory(source))

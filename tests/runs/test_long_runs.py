@@ -207,7 +207,8 @@ def test_ctrl_c_after_a_checkpoint_names_it(tmp_path):
 
 
 def test_resume_from_a_checkpoint_file(tmp_path, monkeypatch):
-    train(recipe(training={"epochs": 2}), out=tmp_path / "run")
+    train(recipe(training={"epochs": 2, "checkpoint_every_steps": 5, "keep_checkpoints": 1}),
+          out=tmp_path / "run")  # fmt: skip
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     shutil.copy(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "loose.pt")
     monkeypatch.chdir(tmp_path)
@@ -220,7 +221,10 @@ def test_resume_from_a_checkpoint_file(tmp_path, monkeypatch):
     assert {p: p.read_bytes() for p in before} == before
     train(resume="loose.pt", out="from-loose", overrides=["training.epochs=3"])
     same_weights(tmp_path / "other", tmp_path / "from-loose")
-    # a file inside a run's checkpoints/ continues that run
+    # a file inside a run's checkpoints/ continues that run, if it is the newest
+    older = tmp_path / "run" / "checkpoints" / "step-000000015.pt"
+    with pytest.raises(CheckpointError, match=r"older than .*last\.pt.*--out DIR"):
+        train(resume=older, overrides=["training.epochs=3"])
     train(resume=tmp_path / "run" / "checkpoints" / "last.pt", overrides=["training.epochs=3"])
     same_weights(tmp_path / "other", tmp_path / "run")
 
