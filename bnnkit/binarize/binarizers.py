@@ -45,6 +45,11 @@ class Binarizer(nn.Module):
       state its inference function to be exported.
     """
 
+    two_valued: bool = True
+    """Whether the output takes two values per channel (a binary weight / input). False for a
+    real-valued weight transform (BiPer's stage-1 :class:`SineWeight`): its layer counts as
+    32-bit, has no sign history and is not exported to XNOR-popcount."""
+
     def sign_input(self, x: Tensor) -> Tensor:
         """The tensor whose sign the output is (``x`` for an element-wise sign)."""
         return x
@@ -255,3 +260,45 @@ class StdNormApproxSign(Binarizer):
 
     def extra_repr(self) -> str:
         return f"detach_std={self.detach_std}, bias={self.bias is not None}"
+
+
+@register_binarizer("periodic_sign")
+class PeriodicSign(Binarizer):
+    r"""BiPer's weight binarizer (Vargas et al., CVPR 2024): a square wave of the latent weight.
+
+    Forward :math:`b = \mathrm{sign}(\sin(\omega w))` (sign(0) = +1); backward the identity STE
+    through the outer sign and the exact derivative of the sine,
+    :math:`\partial b / \partial w := \omega \cos(\omega w)` (amplitude 1, no 1/ω: the official
+    code's). The sign is that of :math:`\sin(\omega w)`, not of :math:`w`: a weight beyond the
+    first half-period :math:`\pi/\omega` binarizes against its own sign.
+    """
+
+    def __init__(self, omega: float = 20.0) -> None:
+        super().__init__()
+        self.omega = float(omega)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return A.identity_ste_sign(torch.sin(self.omega * w))
+
+    @torch.no_grad()
+    def sign_input(self, x: Tensor) -> Tensor:
+        r""":math:`\sin(\omega w)`, whose sign the binary weight is."""
+        return torch.sin(self.omega * x)
+
+    def inference_shift(self) -> Tensor | None:
+        raise NotImplementedError("PeriodicSign binarizes weights only (a weight binarizer)")
+
+    def extra_repr(self) -> str:
+        return f"omega={self.omega:g}"
+
+
+@register_binarizer("sine_weight")
+class SineWeight(PeriodicSign):
+    r"""BiPer's stage-1 weight transform: the real-valued :math:`\sin(\omega w)` (not two-valued),
+    with its exact gradient :math:`\omega \cos(\omega w)`, the same as :class:`PeriodicSign`'s
+    surrogate. Stage 2 (:class:`PeriodicSign`) starts from its sign."""
+
+    two_valued = False
+
+    def forward(self, w: Tensor) -> Tensor:
+        return torch.sin(self.omega * w)

@@ -35,6 +35,16 @@ def sign(x: Tensor) -> Tensor:
     return torch.copysign(one, out, out=out)
 
 
+def square_wave(x: Tensor, omega: float) -> Tensor:
+    r"""BiPer's periodic binarization, :math:`\mathrm{sign}(\sin(\omega x))` (sign(0) = +1).
+
+    +1 on :math:`[2k\pi, (2k+1)\pi)/\omega`, -1 on :math:`[(2k+1)\pi, (2k+2)\pi)/\omega`
+    (up to float rounding of the sine at the switching points): the period in ``x`` is
+    :math:`2\pi/\omega`.
+    """
+    return sign(torch.sin(omega * x))
+
+
 def identity_ste_grad(x: Tensor) -> Tensor:
     r"""Identity straight-through estimator: :math:`\partial\,\mathrm{sign}(x)/\partial x := 1`.
 

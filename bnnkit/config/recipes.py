@@ -267,6 +267,10 @@ def validate(raw: dict[str, Any], name: str) -> RunConfig:
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ConfigError("must be unique", location=("stages", "name"), value=names)
+    for i in range(1, len(stages)):
+        why = stages[i].method.refuses_previous(stages[i - 1].method)
+        if why:
+            raise ConfigError(why, location=("stages", i, "method"))
     return RunConfig(
         name=str(raw.get("name") or name),
         data=build_section(DataConfig, raw.get("data"), ("data",)),

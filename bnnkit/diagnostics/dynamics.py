@@ -108,9 +108,7 @@ class Dynamics(nn.Module):
         modules = dict(model.named_modules())
         if layers is None:
             chosen = [
-                (n, m)
-                for n, m in modules.items()
-                if isinstance(m, BinaryLayer) and m.weight_binarizer is not None
+                (n, m) for n, m in modules.items() if isinstance(m, BinaryLayer) and m.binary_weight
             ]
         else:
             weighted = [

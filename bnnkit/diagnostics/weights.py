@@ -34,6 +34,6 @@ def signed_tensor(module: nn.Module) -> Tensor:
     """What a tracked module's weight sign is taken of: a binary layer's
     :meth:`~bnnkit.nn.BinaryLayer.sign_input`, else the module's ``.weight`` (detached)."""
     with torch.no_grad():
-        if isinstance(module, BinaryLayer) and module.weight_binarizer is not None:
+        if isinstance(module, BinaryLayer) and module.binary_weight:
             return module.sign_input().detach()
         return module.weight.detach()

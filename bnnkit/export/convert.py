@@ -86,7 +86,7 @@ def _pad2(name: str, layer: BinaryConv2d) -> tuple[int, int]:
 
 def pack_layer(name: str, layer: BinaryLayer, kernel: str = "auto") -> PackedConv2d | PackedLinear:
     """The packed equivalent of one binary layer (eval-mode semantics), or :class:`ExportError`."""
-    if layer.weight_binarizer is None or layer.input_binarizer is None:
+    if not layer.binary_weight or layer.input_binarizer is None:
         raise _refuse(name, f"it is W{layer.weight_bits}A{layer.input_bits}; only W1A1 layers "
                       "run on XNOR-popcount (keep it float or train it binary)")  # fmt: skip
     try:

@@ -2,6 +2,7 @@
 methods (one module each; importing this package registers them)."""
 
 from bnnkit.methods import (  # noqa: F401
+    biper,
     bireal,
     full_precision,
     irnet,

@@ -181,6 +181,6 @@ def _attach(layer: BinaryLayer, method: Method) -> None:
     layer.weight_binarizer = _placed(method.build_weight_binarizer(layer), ref)
     layer.input_binarizer = _placed(method.build_input_binarizer(layer), ref)
     layer.scale = _placed(method.build_scale(layer), ref)
-    has_sign = layer.weight_binarizer is not None
+    has_sign = layer.binary_weight
     layer.sign_history = SignHistory(layer.sign_input()).to(ref.device) if has_sign else None
     layer.method_name = method.name

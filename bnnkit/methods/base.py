@@ -149,6 +149,15 @@ class Method:
             )
         if not base.binarizes_weights:
             return f"{self.name}'s rules act on binary weights, and {base.name} keeps them float"
+        if not base.monotone_weight_sign:
+            return (f"{base.name}'s weight sign is periodic in w (sign(sin(omega w))), and "
+                    f"{self.name}'s rules act through |w|, which does not measure the distance "
+                    "to a sign change there")  # fmt: skip
+        return None
+
+    def refuses_previous(self, previous: Method) -> str | None:
+        """Why this method cannot start from the weights of a stage trained with ``previous``
+        (a multi-stage recipe), or ``None``. Checked when a recipe is validated."""
         return None
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -189,6 +198,12 @@ class Method:
     @property
     def binarizes_weights(self) -> bool:
         """Whether this method's layers use binary (two-valued per channel) weights."""
+        return True
+
+    @property
+    def monotone_weight_sign(self) -> bool:
+        """Whether a binary weight's sign is a monotone function of the latent weight (so |w|
+        measures the distance to a flip). False for BiPer's periodic sign(sin(omega w))."""
         return True
 
 

@@ -136,6 +136,10 @@ class Composed(Method):
     def binarizes_weights(self) -> bool:
         return self.base.binarizes_weights
 
+    @property
+    def monotone_weight_sign(self) -> bool:
+        return self.base.monotone_weight_sign
+
 
 def compose(top: Method, base: Method) -> Composed:
     """``top``'s parts on ``base``'s parts, or a :class:`ConfigError` naming both and why."""

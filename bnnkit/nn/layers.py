@@ -68,8 +68,15 @@ class BinaryLayer(nn.Module):
 
     @property
     def weight_bits(self) -> int:
-        """1 if the weight is binarized, else 32."""
-        return 1 if self.weight_binarizer is not None else 32
+        """1 if the weight is binarized (two-valued), else 32 (none, or a real-valued weight
+        transform such as BiPer's stage-1 sine)."""
+        return 1 if self.binary_weight else 32
+
+    @property
+    def binary_weight(self) -> bool:
+        """Whether the weight binarizer gives two values per channel (see ``Binarizer.two_valued``)."""
+        b = self.weight_binarizer
+        return b is not None and (not isinstance(b, Binarizer) or b.two_valued)
 
     @property
     def input_bits(self) -> int:

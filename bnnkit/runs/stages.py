@@ -196,7 +196,7 @@ class StageRun:
         """The stage's trackers (None when disabled or nothing is binarized); a resumed stage
         continues the saved counts, a new one counts from its starting weights."""
         ctx, stage = self.ctx, self.stage
-        has_binary = any(m.weight_binarizer is not None for _, m in binary_layers(model))
+        has_binary = any(m.binary_weight for _, m in binary_layers(model))
         if not ctx.cfg.diagnostics.enabled or not has_binary:
             return None
         dyn = Dynamics(model, max_steps=stage.training.epochs * len(ctx.data.train))

@@ -71,7 +71,11 @@ def test_is_a_binarizer_keeping_shape_and_dtype(name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_two_values_per_output_channel(name):
-    out = build(name)(inputs(name)).detach()
+    b = build(name)
+    out = b(inputs(name)).detach()
+    if not b.two_valued:  # a real-valued weight transform (BiPer's stage-1 sine) says so
+        assert out.abs().unique().numel() > C
+        return
     for c in range(C):
         values = out[c].abs().unique()
         assert values.numel() == 1 and float(values) > 0, (c, values)

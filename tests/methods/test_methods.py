@@ -17,6 +17,7 @@ from bnnkit.binarize import (
     IdentitySTESign,
     LearnableScale,
     MeanAbsScale,
+    PeriodicSign,
     StdNormApproxSign,
 )
 from bnnkit.errors import ConfigError
@@ -39,6 +40,7 @@ EXPECTED = {
     "recu": (ReCUSign, StdNormApproxSign, LearnableScale),
     "rebnn": (ClippedSTESign, RSign, GradRecordingScale),
     "ovsw": (IdentitySTESign, StdNormApproxSign, StandardizedMeanAbsScale),
+    "biper": (PeriodicSign, StdNormApproxSign, LearnableScale),
 }
 
 
