@@ -6,7 +6,10 @@ re-runs every recipe and asserts the same numbers. The runs go through the publi
 ``bnnkit.train(recipe_dict, out=...)`` only, so the same script measured both sides.
 
 Each run: resnet20 (or the quickstart MLP) on synthetic data, 2 epochs of 2 steps, trackers on,
-one log event per step (so ``loss`` of a ``train`` event is that step's loss).
+one log event per step (so ``loss`` of a ``train`` event is that step's loss). The runs of
+methods added later (``biper``, ``biper_sine``, ``bop``: issue 15) were recorded when they were
+added, by ``fingerprint()`` on the same machine, and added to the file without touching the
+others.
 """
 
 from __future__ import annotations
@@ -48,12 +51,18 @@ _METHODS: dict[str, Any] = {
     "ovsw": {"name": "ovsw", "delta": 0.04, "lam": 9e-4},
     "ovsw_on_recu": {"name": "ovsw", "base": "recu", "delta": 0.04},
     "rebnn_on_bireal": {"name": "rebnn", "base": "bireal", "gamma_mode": "fixed", "gamma": 1e-2},
+    # added later (issue 15), recorded when they were added: their behaviour from then on
+    "biper": {"name": "biper", "reg": 0.037},
+    "biper_sine": {"name": "biper", "weights": "sine", "reg": 0.037},
 }
 
 
 def recipes() -> dict[str, dict[str, Any]]:
     """Name -> recipe dict of every fingerprinted run."""
     out = {name: {**_CONV, "method": method} for name, method in _METHODS.items()}
+    out["bop"] = {**_CONV, "method": {"name": "bop"},
+                  "optimizer": {"name": "adam", "lr": 0.01, "binary": {"gamma": 1e-3, "threshold": 1e-6,
+                                "gamma_schedule": {"name": "linear", "final": 1e-5}}}}  # fmt: skip
     out["two_stage_reactnet_ovsw"] = {
         **_CONV,
         "stages": [

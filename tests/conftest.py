@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from bnnkit.config import KDConfig, OptimizerConfig, ScheduleConfig, StageConfig, TrainingConfig
+from bnnkit.config.schema import BinaryOptimizerConfig
 from bnnkit.methods import Method, TrainState
 from bnnkit.training import Trainer, build_optimizer
 
@@ -25,9 +26,12 @@ def train_steps(
 ) -> list[float]:
     """``steps`` steps of bnnkit's own engine (:meth:`bnnkit.training.Trainer.train_step`: the
     method hooks in the engine's order, the sign-history update) with SGD (momentum 0.9, no
-    weight decay) at a constant ``lr``; returns the losses."""
+    weight decay) at a constant ``lr`` (and Bop, its defaults, for a latent-free method's ±1
+    weights); returns the losses."""
+    binary = BinaryOptimizerConfig() if method.latent_free else None  # Bop's defaults
     stage = StageConfig(
-        name="test", method=method, optimizer=OptimizerConfig(name="sgd", lr=lr, momentum=0.9),
+        name="test", method=method,
+        optimizer=OptimizerConfig(name="sgd", lr=lr, momentum=0.9, binary=binary),
         schedule=ScheduleConfig(name="constant"), training=TrainingConfig(epochs=epochs),
         kd=KDConfig(),
     )  # fmt: skip

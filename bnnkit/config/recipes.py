@@ -25,7 +25,9 @@ import yaml
 from bnnkit.config.schema import (
     STAGE_KEYS,
     TOP_KEYS,
+    BinaryOptimizerConfig,
     DiagnosticsConfig,
+    GammaScheduleConfig,
     KDConfig,
     LoggingConfig,
     ModelConfig,
@@ -234,6 +236,17 @@ def _build_model(raw: Any) -> ModelConfig:
         raise err.at("model") from None
 
 
+def _build_optimizer(raw: Any, where: tuple[str | int, ...]) -> OptimizerConfig:
+    """The optimizer section, with its nested ``binary`` (and its ``gamma_schedule``)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("binary"), dict):
+        return build_section(OptimizerConfig, raw, where)
+    binary = dict(raw["binary"])
+    binary["gamma_schedule"] = build_section(GammaScheduleConfig, binary.get("gamma_schedule"),
+                                             (*where, "binary", "gamma_schedule"))  # fmt: skip
+    built = build_section(BinaryOptimizerConfig, binary, (*where, "binary"))
+    return build_section(OptimizerConfig, {**raw, "binary": built}, where)
+
+
 def _build_stage(raw: dict, index: int, defaults: dict, staged: bool) -> StageConfig:
     where: tuple[str | int, ...] = ("stages", index) if staged else ()
     for key in raw:
@@ -246,7 +259,7 @@ def _build_stage(raw: dict, index: int, defaults: dict, staged: bool) -> StageCo
     return StageConfig(
         name=str(raw.get("name", f"stage{index + 1}")),
         method=build_method(merged["method"], (*where, "method")),
-        optimizer=build_section(OptimizerConfig, merged["optimizer"], (*where, "optimizer")),
+        optimizer=_build_optimizer(merged["optimizer"], (*where, "optimizer")),
         schedule=build_section(ScheduleConfig, merged["schedule"], (*where, "schedule")),
         training=build_section(TrainingConfig, merged["training"], (*where, "training")),
         kd=build_section(KDConfig, merged["kd"], (*where, "kd")),

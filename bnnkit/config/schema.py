@@ -42,6 +42,58 @@ def _within(name: str, value: Any, low: float, high: float, *, high_open: bool =
                           allowed=f"[{low:g}, {high:g}{')' if high_open else ']'}")  # fmt: skip
 
 
+GAMMA_SCHEDULES = ("constant", "step", "linear")
+BINARY_OPTIMIZERS = ("bop",)
+
+
+@dataclass(frozen=True)
+class GammaScheduleConfig:
+    """``optimizer.binary.gamma_schedule``: Bop's γ as a pure function of the training position
+    (``bnnkit.training.bop.gamma_at``), evaluated every step.
+
+    Attributes:
+        name: ``constant``; ``step`` (γ · factor^(milestones passed), at whole epochs);
+            ``linear`` (from γ to ``final`` over the stage, per step).
+        milestones: epochs of the ``step`` decays (the paper's CIFAR-10: every 100).
+        factor: the ``step`` multiplier (0.1).
+        final: the ``linear`` end value (the paper's ImageNet: 1e-6).
+    """
+
+    name: str = "constant"
+    milestones: tuple[int, ...] = ()
+    factor: float = 0.1
+    final: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("name", self.name, GAMMA_SCHEDULES)
+        _within("factor", self.factor, 0.0, 1.0)
+        _at_least("final", self.final, 0.0)
+
+
+@dataclass(frozen=True)
+class BinaryOptimizerConfig:
+    """``optimizer.binary``: the optimizer of a latent-free method's binary weights (Bop).
+
+    Attributes:
+        name: ``bop`` (Helwegen et al., NeurIPS 2019; larq's ``Bop``).
+        gamma: the adaptivity rate of the gradient's moving average, in (0, 1] (1e-4).
+        threshold: τ, the flip threshold, >= 0 (1e-8).
+        gamma_schedule: γ over the stage.
+    """
+
+    name: str = "bop"
+    gamma: float = 1e-4
+    threshold: float = 1e-8
+    gamma_schedule: GammaScheduleConfig = field(default_factory=GammaScheduleConfig)
+
+    def __post_init__(self) -> None:
+        _choice("name", self.name, BINARY_OPTIMIZERS)
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError("is out of range", location=("gamma",), value=self.gamma,
+                              allowed="(0, 1]")  # fmt: skip
+        _at_least("threshold", self.threshold, 0.0)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """``model:`` section: a registry name plus its options (``num_classes`` comes from data).
@@ -78,6 +130,8 @@ class OptimizerConfig:
             such as BN, biases and scales get 0: OvSW ImageNet), ``conv_fc_names`` (only names
             containing ``conv`` or ``fc``: ReCU ImageNet). A method's own parameter groups
             (e.g. ReActNet's) that set ``weight_decay`` take precedence.
+        binary: the optimizer of the binary weights of a latent-free method (``bop``); the
+            section above then optimizes every other parameter (larq's ``CaseOptimizer``).
     """
 
     name: str = "sgd"
@@ -88,6 +142,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     decay_rule: str = "all"
+    binary: BinaryOptimizerConfig | None = None
 
     def __post_init__(self) -> None:
         _choice("name", self.name, OPTIMIZERS)

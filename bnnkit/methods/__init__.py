@@ -4,6 +4,7 @@ methods (one module each; importing this package registers them)."""
 from bnnkit.methods import (  # noqa: F401
     biper,
     bireal,
+    bop,
     full_precision,
     irnet,
     ovsw,

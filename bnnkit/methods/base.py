@@ -149,6 +149,9 @@ class Method:
             )
         if not base.binarizes_weights:
             return f"{self.name}'s rules act on binary weights, and {base.name} keeps them float"
+        if base.latent_free:
+            return (f"{base.name} has no latent weights (its optimizer flips ±1 weights), and "
+                    f"{self.name}'s rules act on latent magnitudes")  # fmt: skip
         if not base.monotone_weight_sign:
             return (f"{base.name}'s weight sign is periodic in w (sign(sin(omega w))), and "
                     f"{self.name}'s rules act through |w|, which does not measure the distance "
@@ -199,6 +202,12 @@ class Method:
     def binarizes_weights(self) -> bool:
         """Whether this method's layers use binary (two-valued per channel) weights."""
         return True
+
+    @property
+    def latent_free(self) -> bool:
+        """Whether the layers' weights are the binary weights themselves, updated by a binary
+        optimizer (Bop), not latent reals."""
+        return False
 
     @property
     def monotone_weight_sign(self) -> bool:

@@ -140,6 +140,10 @@ class Composed(Method):
     def monotone_weight_sign(self) -> bool:
         return self.base.monotone_weight_sign
 
+    @property
+    def latent_free(self) -> bool:
+        return self.base.latent_free
+
 
 def compose(top: Method, base: Method) -> Composed:
     """``top``'s parts on ``base``'s parts, or a :class:`ConfigError` naming both and why."""

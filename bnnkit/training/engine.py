@@ -37,6 +37,7 @@ from bnnkit.diagnostics import names as N
 from bnnkit.errors import BnnkitError
 from bnnkit.methods import TrainState
 from bnnkit.nn import binary_layers, update_sign_history
+from bnnkit.training.bop import CaseOptimizer
 from bnnkit.training.distributed import Dist
 from bnnkit.training.evaluation import autocast_for, evaluate
 from bnnkit.training.logging import RunLogger
@@ -243,6 +244,9 @@ class Trainer:
         for i, (x, y) in enumerate(loader, start=start):
             lr = self.lr_at(epoch, i, n)
             set_lr(self.optimizer, lr)
+            if isinstance(self.optimizer, CaseOptimizer) and self.stage.optimizer.binary:
+                self.optimizer.set_binary_position(self.stage.optimizer.binary, epoch + i / n,
+                                                   self.epochs_total)  # fmt: skip
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             progress = (epoch + i / n) / self.epochs_total

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from bnnkit.config import OptimizerConfig, ScheduleConfig
+from bnnkit.errors import ConfigError
 from bnnkit.methods import Method
+from bnnkit.training.bop import CaseOptimizer, build_bop
 
 
 def _decayed(rule: str, name: str, p: torch.Tensor) -> bool:
@@ -37,14 +39,11 @@ def param_groups(model: nn.Module, method: Method, cfg: OptimizerConfig) -> list
         params = [p for p in group["params"] if p.requires_grad]
         scale = float(group.get("lr_scale", 1.0))
         if "weight_decay" in group:
-            groups.append(
-                {
-                    "name": group["name"],
-                    "params": params,
-                    "weight_decay": float(group["weight_decay"]),
-                    "lr_scale": scale,
-                }
-            )
+            kept = {"name": group["name"], "params": params,
+                    "weight_decay": float(group["weight_decay"]), "lr_scale": scale}  # fmt: skip
+            if "optimizer" in group:  # a latent-free method's binary weights (Bop)
+                kept["optimizer"] = group["optimizer"]
+            groups.append(kept)
             continue
         decay = [p for p in params if _decayed(cfg.decay_rule, names.get(id(p), ""), p)]
         ids = {id(p) for p in decay}
@@ -68,14 +67,29 @@ def param_groups(model: nn.Module, method: Method, cfg: OptimizerConfig) -> list
 def build_optimizer(
     model: nn.Module, method: Method, cfg: OptimizerConfig
 ) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov), Adam or AdamW over :func:`param_groups`."""
+    """SGD (momentum, nesterov), Adam or AdamW over :func:`param_groups`; with a latent-free
+    method (``bop``) a :class:`~bnnkit.training.bop.CaseOptimizer`: ``optimizer.binary`` (Bop)
+    over the method's binary group, the section's optimizer over the rest."""
     groups = param_groups(model, method, cfg)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
+    binary = [g for g in groups if g.get("optimizer") == "binary"]
+    rest = [g for g in groups if g.get("optimizer") != "binary"]
+    if bool(binary) != (cfg.binary is not None):
+        why = (f"method {method.name!r} has binary weights for a binary optimizer: set "
+               "optimizer.binary (e.g. {name: bop, gamma: 1.0e-4, threshold: 1.0e-8})"
+               if binary else f"is set, but method {method.name!r} has latent weights for "
+               "the ordinary optimizer; only a latent-free method (bop) takes one")  # fmt: skip
+        raise ConfigError(why, location=("optimizer", "binary"))
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        default = torch.optim.SGD(rest, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    else:
+        cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        default = cls(rest, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if not binary:
+        return default
+    assert cfg.binary is not None
+    return CaseOptimizer(default, build_bop(binary, cfg.binary))
 
 
 def lr_at(cfg: ScheduleConfig, base_lr: float, epoch: float, epochs: int) -> float:

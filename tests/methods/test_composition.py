@@ -71,10 +71,12 @@ def binarizes(spec: Any) -> bool:
 
 def should_compose(top: str, base: str) -> bool:
     """The documented rule, for default fields (no part-specific refusal applies to them): a
-    rule part on a different base whose weights are binary, with a sign monotone in w (BiPer's
-    periodic sign(sin(omega w)) is not: the rules act through |w|)."""
-    return (top != base and adds_rules(top) and binarizes(base)
-            and get_method(base).monotone_weight_sign)  # fmt: skip
+    rule part on a different base whose weights are binary, latent (not Bop's ±1 weights) and
+    with a sign monotone in w (BiPer's periodic sign(sin(omega w)) is not: the rules act
+    through |w|)."""
+    b = get_method(base)
+    return (top != base and adds_rules(top) and binarizes(base) and b.monotone_weight_sign
+            and not b.latent_free)  # fmt: skip
 
 
 ALL_PAIRS = [(a, b) for a in NAMES for b in NAMES]  # A == B included
@@ -96,7 +98,14 @@ def recipe_for(method: Method, model: str) -> dict[str, Any]:
         },
         "model": {"name": model, **{k: v for k, v in spec["kwargs"].items() if k != "num_classes"}},
         "method": method.to_config(),
-        "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9, "weight_decay": 0.0},
+        "optimizer": {
+            "name": "sgd",
+            "lr": LR,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            # a latent-free method's ±1 weights take Bop (its defaults)
+            **({"binary": {"name": "bop"}} if method.latent_free else {}),
+        },
         "training": {"epochs": 1},
         "logging": {"progress": "off", "tensorboard": False},
     }

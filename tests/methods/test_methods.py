@@ -41,6 +41,7 @@ EXPECTED = {
     "rebnn": (ClippedSTESign, RSign, GradRecordingScale),
     "ovsw": (IdentitySTESign, StdNormApproxSign, StandardizedMeanAbsScale),
     "biper": (PeriodicSign, StdNormApproxSign, LearnableScale),
+    "bop": (IdentitySTESign, ClippedSTESign, None),
 }
 
 
