@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` etc.
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C outside a run's loop (start-up, a listing, an export)
+        print("\nbnnkit: stopped: interrupted", file=sys.stderr)
+        return 130
     except BnnkitError as err:
         if not err.quiet and not (err.everywhere and int(os.environ.get("RANK", "0")) > 0):
             print(f"bnnkit: {err.label}: {err}", file=sys.stderr)

@@ -118,3 +118,14 @@ def test_only_user_errors_become_one_line_and_a_bug_keeps_its_traceback(monkeypa
     monkeypatch.setattr(listing, "run", raising(ValueError("an internal bug")))
     with pytest.raises(ValueError, match="an internal bug"):
         main(["list", "models"])
+
+
+def test_ctrl_c_outside_a_run_is_one_line_and_130(monkeypatch, capsys):
+    from bnnkit.cli import listing
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(listing, "run", interrupted)
+    assert main(["list", "models"]) == 130
+    assert capsys.readouterr().err.strip() == "bnnkit: stopped: interrupted"
