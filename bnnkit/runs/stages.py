@@ -216,15 +216,21 @@ class StageRun:
         """The remaining epochs; after each: dynamics dumps, checkpoints, callbacks; a stop
         signal ends the stage after the checkpoint of the step (or epoch) it arrived in."""
         trainer = self.trainer
-        for result in trainer.epochs(self.ctx.data.train, self.ctx.data.val):
-            if self.ctx.dist.is_main:
-                self._write_dynamics(result.epoch)
-            self._save(result.is_best)
-            for callback in self.ctx.callbacks:
-                callback(result)
-            signal = self.ctx.stop_agreed()
-            if signal is not None:
-                self._stopped(signal, self.ctx.run.last_checkpoint)
+        try:
+            for result in trainer.epochs(self.ctx.data.train, self.ctx.data.val):
+                if self.ctx.dist.is_main:
+                    self._write_dynamics(result.epoch)
+                self._save(result.is_best)
+                for callback in self.ctx.callbacks:
+                    callback(result)
+                signal = self.ctx.stop_agreed()
+                if signal is not None:
+                    self._stopped(signal, self.ctx.run.last_checkpoint)
+        finally:
+            # break the trainer -> StageRun cycle, so that the DDP wrapper (whose reducer holds
+            # the process group) is freed when the stage ends, not by a late garbage collection
+            # after the group is destroyed (gloo then aborts the process at exit)
+            trainer.on_step = None
         return trainer.progress
 
     def _on_step(self, trainer: Trainer) -> None:

@@ -11,6 +11,7 @@ of processes (exactly, for a model without batch norm).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,10 +125,13 @@ def shutdown(dist: Dist, *, completed: bool) -> None:
     the GIL, which a finalizing interpreter no longer gives, and the process aborts
     ("terminate called without an active exception") although its work is done. Once DDP
     has used the group, gloo's threads outlive ``destroy_process_group`` (observed with
-    torch 2.13), so the barrier, not the destroy, is what closes the race. After a failure the
-    barrier is skipped: the other ranks may never reach it.
+    torch 2.13), so the barrier, not the destroy, is what closes the race. A garbage collection
+    first frees DDP wrappers that reference cycles keep alive (a reducer holds the group; freed
+    only at interpreter shutdown, it aborted a rank the same way once, in a CI run under load).
+    After a failure the barrier is skipped: the other ranks may never reach it.
     """
     if dist.enabled and td.is_initialized():
+        gc.collect()  # free DDP wrappers (their reducers hold the group) kept alive by cycles
         if completed:
             td.barrier()
         td.destroy_process_group()
