@@ -4,7 +4,9 @@ tabulate accuracy and training dynamics side by side.
 Every (method, seed) pair is one ordinary run, ``<out>/<method>-seed<seed>/``, trained in turn
 with the recipe plus ``method.name=<method>`` and ``training.seed=<seed>`` (and the shared
 ``key=value`` overrides; an override ``<method>.<field>=v`` reaches only that method, as
-``method.<field>=v``). Running the same command again resumes: finished runs (with a
+``method.<field>=v``, and ``<method>.<section>.<key>=v`` that method's recipe section, e.g.
+``bop.optimizer.binary.gamma=1e-3``; a latent-free method such as ``bop`` gets
+``optimizer.binary`` (Bop's defaults) unless it is given). Running the same command again resumes: finished runs (with a
 ``summary.json``) are kept, an interrupted one continues from its ``last.pt``. The results
 are ``compare.md`` (the table, the command, the settings), ``compare.json`` (the numbers),
 ``compare.png`` (the curves overlaid, mean over seeds) and a ``report.md`` per run.
@@ -28,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from bnnkit._io import atomic_write_text
-from bnnkit.config import load_recipe
+from bnnkit.config import TOP_KEYS, load_recipe
 from bnnkit.diagnostics import names as N
 from bnnkit.diagnostics.figures import epoch_axis, pyplot, save_figure
 from bnnkit.diagnostics.report import write_report
 from bnnkit.errors import BnnkitError
-from bnnkit.methods import list_methods
+from bnnkit.methods import get_method, list_methods
 from bnnkit.runs.run import train
 from bnnkit.runs.rundir import RunDirectory, load_run
 
@@ -111,11 +113,15 @@ def _split_overrides(
         key = o.split("=", 1)[0]
         head = key.split(".", 1)[0]
         if head in per and "." in key:
-            per[head].append("method." + o.split(".", 1)[1])
+            rest = o.split(".", 1)[1]  # <method>.<section>.<key>=v: that method's recipe section
+            per[head].append(rest if rest.split(".", 1)[0] in TOP_KEYS else "method." + rest)
         elif key in ("method.name", "training.seed"):
             raise CompareError(f"{key} is set by compare itself (--methods / --seeds); drop {o!r}")
         else:
             shared.append(o)
+    for m in methods:  # a latent-free method's ±1 weights take Bop, with its defaults unless set
+        if get_method(m).latent_free and not any(o.startswith("optimizer.binary") for o in per[m]):
+            per[m].append("optimizer.binary.name=bop")
     return shared, per
 
 

@@ -277,6 +277,22 @@ def recipe_file(tmp_path):
     return path
 
 
+def test_compare_gives_bop_its_own_optimizer_section(recipe_file, tmp_path):
+    out = tmp_path / "cmp"
+    res = compare(str(recipe_file), ["ste", "bop"], [0],
+                  ["training.epochs=1", "bop.optimizer.binary.gamma=1e-3", "bop.optimizer.lr=0.01"],
+                  out=out, log=lambda s: None)  # fmt: skip
+    bop = yaml.safe_load((out / "bop-seed0" / "config.yaml").read_text())["stages"][0]["optimizer"]
+    ste = yaml.safe_load((out / "ste-seed0" / "config.yaml").read_text())["stages"][0]["optimizer"]
+    assert bop["binary"]["gamma"] == 1e-3 and bop["lr"] == 0.01
+    assert ste["binary"] is None and ste["lr"] == 0.5  # the recipe's, untouched
+    assert set(res.runs) == {"ste", "bop"}
+    compare(str(recipe_file), ["bop"], [0], ["training.epochs=1"], out=tmp_path / "d",
+            log=lambda s: None)  # no binary section given: Bop's defaults  # fmt: skip
+    cfg = yaml.safe_load((tmp_path / "d" / "bop-seed0" / "config.yaml").read_text())
+    assert cfg["stages"][0]["optimizer"]["binary"]["gamma"] == 1e-4
+
+
 def test_compare_trains_every_method_and_seed_then_tabulates(recipe_file, tmp_path):
     out = tmp_path / "cmp"
     res = compare(str(recipe_file), ["ste", "ovsw"], [0, 1], ["ovsw.delta=0.05"], out=out, log=lambda s: None)  # fmt: skip
