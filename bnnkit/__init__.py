@@ -46,9 +46,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from bnnkit.runs import RunResult, train
 
 
+_SUBPACKAGES = ("binarize", "config", "data", "diagnostics", "export", "methods", "models", "nn",
+                "runs", "training")  # ``bnnkit.nn.BinaryConv2d`` after a bare ``import bnnkit``  # fmt: skip
+
+
 def __getattr__(name: str) -> Any:
     import importlib
 
+    if name in _SUBPACKAGES:
+        module = importlib.import_module(f"bnnkit.{name}")
+        globals()[name] = module
+        return module
     if name not in _LAZY:
         raise AttributeError(f"module 'bnnkit' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
@@ -58,7 +66,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
 
 
 __all__ = [

@@ -48,6 +48,10 @@ def test_the_package_still_exports_its_api_lazily():
 
     assert callable(bnnkit.create_model) and callable(bnnkit.train) and bnnkit.export.save_packed
     assert {"create_model", "train", "export"} <= set(dir(bnnkit))
+    code = ("import bnnkit; print(bnnkit.nn.BinaryConv2d.__name__, bnnkit.binarize.sign.__name__, "
+            "bnnkit.training.Trainer.__name__)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["BinaryConv2d", "sign", "Trainer"]  # subpackages, lazily
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         bnnkit.nope  # noqa: B018
 
