@@ -1,4 +1,5 @@
-"""Binary layers, the per-layer sign history, and ReActNet's learnable shifts."""
+"""Binary layers, the per-layer sign history, ReActNet's learnable shifts and RPReLU, and
+AdaBin's Maxout."""
 
 from bnnkit.nn.history import SignHistory, SignHistoryError
 from bnnkit.nn.layers import (
@@ -11,7 +12,7 @@ from bnnkit.nn.layers import (
     reset_sign_history,
     update_sign_history,
 )
-from bnnkit.nn.react import LearnableBias, RPReLU, RSign
+from bnnkit.nn.react import LearnableBias, Maxout, RPReLU, RSign
 
 __all__ = [
     "BinaryConv2d",
@@ -19,6 +20,7 @@ __all__ = [
     "BinaryLinear",
     "LayerList",
     "LearnableBias",
+    "Maxout",
     "RPReLU",
     "RSign",
     "SignHistory",

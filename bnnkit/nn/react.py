@@ -73,3 +73,26 @@ class RPReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.shift_out(self.prelu(self.shift_in(x)))
+
+
+class Maxout(nn.Module):
+    r"""AdaBin's nonlinearity (Tu et al., ECCV 2022, official code's ``Maxout``):
+    :math:`f(x) = p_c\,\mathrm{relu}(x) - n_c\,\mathrm{relu}(-x)`, i.e. :math:`p_c x` for
+    :math:`x > 0` and :math:`n_c x` for :math:`x < 0`, with learnable per-channel slopes
+    (dim 1), initialised :math:`p = 1`, :math:`n = 0.25` (PReLU(0.25) at init). The slopes are
+    unconstrained: with :math:`p < n` (or a negative slope) the unit is not monotone, as in
+    the released checkpoints. Gradient 0 at :math:`x = 0` (that of ``relu``).
+    """
+
+    def __init__(self, num_channels: int, neg_init: float = 0.25, pos_init: float = 1.0) -> None:
+        super().__init__()
+        self.pos_scale = nn.Parameter(torch.full((num_channels,), float(pos_init)))
+        self.neg_scale = nn.Parameter(torch.full((num_channels,), float(neg_init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        p, n = self.pos_scale.view(shape), self.neg_scale.view(shape)
+        return p * torch.relu(x) - n * torch.relu(-x)
+
+    def extra_repr(self) -> str:
+        return f"num_channels={self.pos_scale.numel()}"
