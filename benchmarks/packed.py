@@ -21,46 +21,16 @@ The record goes to ``benchmarks/results/packed.jsonl``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from _common import append_record
+from _common import alternate, append_record, trained_like
 
 import bnnkit
 from bnnkit.export import convert, packed_layers
 from bnnkit.export.files import save_packed, size_report
 from bnnkit.nn import BinaryConv2d
-
-
-def _time(fn, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
-
-
-def alternate(fns: dict[str, object], rounds: int, reps: int) -> dict[str, float]:
-    """Median seconds per call of each function, measured in alternation."""
-    for fn in fns.values():
-        fn()  # warm-up (numba compiles on first use)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            times[k].append(_time(fn, reps))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def trained_like(name: str, method: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = bnnkit.binarize_(bnnkit.create_model(name), bnnkit.get_method(method))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 def layer_rows(kernel: str, rounds: int) -> list[dict]:

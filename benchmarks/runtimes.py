@@ -29,16 +29,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's and OpenVINO's threads share 2 cores
 
 import numpy as np
 import torch
-from _common import append_record
+from _common import alternate, append_record, trained_like
 from torch.nn import functional as F
 
 import bnnkit
@@ -48,34 +46,6 @@ from bnnkit.export.graph import Graph, Op, _run_op
 from bnnkit.export.lce import to_tflite
 from bnnkit.export.openvino import to_openvino
 from bnnkit.export.runtimes import LCEModel, OpenVINOModel, lce_interpreter_class
-
-
-def _time(fn, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
-
-
-def alternate(fns: dict[str, object], rounds: int, reps: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            times[k].append(_time(fn, reps))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def trained_like(name: str, method: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = bnnkit.binarize_(bnnkit.create_model(name), bnnkit.get_method(method))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 def float_network(name: str) -> torch.nn.Module:
@@ -159,7 +129,7 @@ def _layer_row(op: Op, x: torch.Tensor, model: torch.nn.Module, packed: torch.nn
         lce = LCEModel(to_tflite(_single(op, tuple(x.shape))), num_threads=threads)
         fns["lce_x86"] = lambda: lce.predict(xn)
     with torch.inference_mode():
-        t = alternate(fns, rounds, reps=5)
+        t = alternate(fns, rounds, reps=5, warmups=2)
     row = {"layer": name, "threads": threads, "shape": list(x.shape[1:]), "stride": list(stride)}
     row |= {f"{k}_ms": 1e3 * v for k, v in t.items()}
     row |= {f"{k}_speedup": t["torch_fp32"] / v for k, v in t.items() if k != "torch_fp32"}
@@ -264,7 +234,7 @@ def model_rows(name: str, threads: int, rounds: int) -> dict:
         lce = LCEModel(to_tflite(graph), num_threads=threads)
         fns["lce_x86"] = lambda: lce.predict(xn)
     with torch.inference_mode():
-        t = alternate(fns, rounds, reps=3)
+        t = alternate(fns, rounds, reps=3, warmups=2)
     row = {"model": name, "threads": threads, **{f"{k}_ms": 1e3 * v for k, v in t.items()}}
     best_float = min(t["torch_float_fp32"], t["torch_float_bf16"], t["openvino_float_f32"],
                      t["openvino_float_default"])  # fmt: skip
