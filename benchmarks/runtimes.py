@@ -27,7 +27,6 @@ The record goes to ``benchmarks/results/runtimes.jsonl``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -78,10 +77,6 @@ def lce_ok() -> bool:
         return False
 
 
-def _single(op: Op, shape: tuple[int, ...]) -> Graph:
-    return Graph([Op("input", "x", [], shape), dataclasses.replace(op, inputs=["x"])], "x", op.name)
-
-
 def layer_rows(threads: int, rounds: int) -> list[dict]:
     torch.set_num_threads(threads)
     model = trained_like("resnet18", "reactnet")
@@ -108,12 +103,12 @@ def _layer_row(op: Op, x: torch.Tensor, model: torch.nn.Module, packed: torch.nn
     binary_eval = model.get_submodule(
         name
     )  # the BinaryConv2d in eval: sign(x + b), sign(W) * alpha
-    ov_bin = OpenVINOModel(to_openvino(_single(op, tuple(x.shape))), num_threads=threads)
+    ov_bin = OpenVINOModel(to_openvino(Graph.of_op(op, tuple(x.shape))), num_threads=threads)
     float_op = Op("conv2d", op.name, ["x"], op.shape, {"stride": stride, "padding": pad, "groups": 1},
                   {"weight": op.tensors["signs"], "bias": None})  # fmt: skip
-    ov_f32 = OpenVINOModel(to_openvino(_single(float_op, tuple(x.shape))), num_threads=threads)
+    ov_f32 = OpenVINOModel(to_openvino(Graph.of_op(float_op, tuple(x.shape))), num_threads=threads)
     ov_def = OpenVINOModel(
-        to_openvino(_single(float_op, tuple(x.shape))), num_threads=threads, precision=None
+        to_openvino(Graph.of_op(float_op, tuple(x.shape))), num_threads=threads, precision=None
     )
     xn = x.numpy()
     fns = {
@@ -126,7 +121,7 @@ def _layer_row(op: Op, x: torch.Tensor, model: torch.nn.Module, packed: torch.nn
         "openvino_default": lambda: ov_def.predict(xn),
     }
     if lce_ok():
-        lce = LCEModel(to_tflite(_single(op, tuple(x.shape))), num_threads=threads)
+        lce = LCEModel(to_tflite(Graph.of_op(op, tuple(x.shape))), num_threads=threads)
         fns["lce_x86"] = lambda: lce.predict(xn)
     with torch.inference_mode():
         t = alternate(fns, rounds, reps=5, warmups=2)

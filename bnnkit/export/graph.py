@@ -41,6 +41,7 @@ module or function and what is supported. ``Identity`` nodes (folded batch norms
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,13 @@ class Graph:
 
     def consumers(self, name: str) -> list[Op]:
         return [o for o in self.ops if name in o.inputs]
+
+    @classmethod
+    def of_op(cls, op: Op, input_shape: tuple[int, ...]) -> Graph:
+        """A graph of ``op`` alone on an input of ``input_shape`` (to run one layer of a
+        lowered model in a runtime)."""
+        return cls([Op("input", "x", [], tuple(input_shape)), dataclasses.replace(op, inputs=["x"])],
+                   "x", op.name)  # fmt: skip
 
 
 class _Tracer(torch.fx.Tracer):

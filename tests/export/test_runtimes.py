@@ -20,8 +20,6 @@ where one cannot run (LCE: Python 3.13+ or numpy 2; OpenVINO: not installed).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -90,11 +88,7 @@ def _check_layers(runtime: str, name: str, method: str) -> int:
     values = _values(graph, x)
     for op in _binary(graph):
         xin = values[op.inputs[0]]
-        single = Graph(
-            [Op("input", "x", [], tuple(xin.shape)), dataclasses.replace(op, inputs=["x"])],
-            "x",
-            op.name,
-        )
+        single = Graph.of_op(op, tuple(xin.shape))
         got = _dot(op, _runtime(runtime, single).predict(xin.numpy()))
         want = _dot(op, values[op.name].numpy())
         assert np.abs(got - np.round(got)).max() < 1e-2, op.name  # an integer product
@@ -126,11 +120,7 @@ def test_plus_minus_one_padding_is_exact(runtime, pad_value):
     op = _binary(graph)[6]  # a stride-2 layer: TFLite's SAME is not PyTorch's padding there
     assert op.attrs["stride"] == (2, 2)
     xin = values[op.inputs[0]]
-    single = Graph(
-        [Op("input", "x", [], tuple(xin.shape)), dataclasses.replace(op, inputs=["x"])],
-        "x",
-        op.name,
-    )
+    single = Graph.of_op(op, tuple(xin.shape))
     got = _dot(op, _runtime(runtime, single).predict(xin.numpy()))
     assert np.array_equal(np.round(got), np.round(_dot(op, values[op.name].numpy())))
 
