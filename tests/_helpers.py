@@ -82,3 +82,25 @@ def write_fake(root: Path, name: str = "cifar10", n: int = 3, seed: int = 0) -> 
         write_batch(folder / f, data, labels, spec.label_key)
         written[f] = (data, labels)
     return written
+
+
+# -- references for the per-equation tests, written from the specs (never from bnnkit) ---------
+
+
+def ref_sign(x: torch.Tensor) -> torch.Tensor:
+    """Two-valued sign, sign(0) = +1 (bnnkit's convention), dtype kept."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+class RefApproxSign(torch.autograd.Function):
+    """Bi-Real's ApproxSign: forward :func:`ref_sign`, backward max(0, 2 - 2|x|)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return ref_sign(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)

@@ -22,6 +22,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from _helpers import RefApproxSign, ref_sign
 from torch import nn
 from torch.nn import functional as F
 
@@ -40,33 +41,16 @@ PI = math.pi
 # -- an independent reference, written from the spec ---------------------------------------------
 
 
-def _sign(x: torch.Tensor) -> torch.Tensor:
-    """Two-valued sign, sign(0) = +1."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
-
-
-class _RefApproxSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return _sign(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
-
-
 def ref_weight(w: torch.Tensor, omega: float, weights: str = "binary") -> torch.Tensor:
     s = torch.sin(omega * w)  # autograd differentiates the sine exactly
-    return s if weights == "sine" else (s - s.detach()) + _sign(s).detach()
+    return s if weights == "sine" else (s - s.detach()) + ref_sign(s).detach()
 
 
 def ref_input(x: torch.Tensor, training: bool) -> torch.Tensor:
     if training:
         dims = tuple(range(1, x.ndim))
         x = x / torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=True) + 1e-5)
-    return _RefApproxSign.apply(x)
+    return RefApproxSign.apply(x)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -165,7 +149,7 @@ def test_float32_boundary_case_9_15():
     out = b(w)
     assert out.dtype == torch.float32
     assert torch.equal(out, torch.tensor([-1.0, 1.0, 1.0]))
-    assert torch.equal(_sign(b.sign_input(w)), out)
+    assert torch.equal(ref_sign(b.sign_input(w)), out)
 
 
 # -- the method: registration, fields, validation --------------------------------------------------
@@ -235,7 +219,7 @@ def test_layer_hand_values_9_3(weights, kind, bits, y, dalpha):
 def test_conv_layer_matches_float64_reference(weights, training):
     torch.manual_seed(7)
     w = torch.randn(4, 3, 3, 3, dtype=DT) * 0.15  # s = ωσ = 3: many weights wrap
-    assert (_sign(torch.sin(OMEGA * w)) != _sign(w)).any()
+    assert (ref_sign(torch.sin(OMEGA * w)) != ref_sign(w)).any()
     alpha = t([0.3, 0.9, 0.5, 0.1])
     model, layer, _ = one_layer(w, alpha=alpha, omega=OMEGA, weights=weights)
     model.train(training)
@@ -401,8 +385,8 @@ def test_export_random_conv_with_batchnorm_matches_float_eval():
         bn.bias.uniform_(-0.3, 0.3)
     binarize_(model, get_method("biper", omega=OMEGA), filter_fn=lambda m, n: n == "conv")
     w = conv.weight.detach()
-    want = _sign(torch.sin(OMEGA * w))
-    assert (want != _sign(w)).sum() > 20  # the two signs really differ
+    want = ref_sign(torch.sin(OMEGA * w))
+    assert (want != ref_sign(w)).sum() > 20  # the two signs really differ
     packed_model = bnnkit.export.convert(model)
     ((_, packed),) = bnnkit.export.packed_layers(packed_model)
     assert torch.equal(_unpacked(packed, 8), want)

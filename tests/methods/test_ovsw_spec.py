@@ -20,6 +20,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import RefApproxSign
 from torch import nn
 
 import bnnkit
@@ -74,24 +75,12 @@ def ref_scale(w: np.ndarray) -> np.ndarray:
     return np.abs(centred / std).mean(1)
 
 
-class _RefApproxSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
-
-
 def ref_input(x: torch.Tensor, training: bool, detach_std: bool = True) -> torch.Tensor:
     if training:
         dims = tuple(range(1, x.ndim))
         std = torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=True) + EPS)
         x = x / (std.detach() if detach_std else std)
-    return _RefApproxSign.apply(x)
+    return RefApproxSign.apply(x)
 
 
 # -- harness --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import RefApproxSign, ref_sign
 from torch import nn
 from torch.nn import functional as F
 
@@ -40,26 +41,9 @@ def ALL(module: nn.Module, name: str) -> bool:
 # -- an independent reference, written from the spec --------------------------------------------
 
 
-def _sign(x: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1 (design.md convention)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
-
-
-class _RefApproxSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return _sign(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
-
-
 def ref_ste_sign(x: torch.Tensor) -> torch.Tensor:
     """Forward sign, backward identity."""
-    return (x - x.detach()) + _sign(x).detach()  # (x - x) is exactly 0: forward is exact
+    return (x - x.detach()) + ref_sign(x).detach()  # (x - x) is exactly 0: forward is exact
 
 
 def ref_standardize(w: torch.Tensor, detach_stats: bool = False) -> torch.Tensor:
@@ -78,7 +62,7 @@ def ref_weight_binarizer(w: torch.Tensor, tau: float, detach_stats: bool = False
     w1 = ref_standardize(w, detach_stats)
     q = (-w1.abs().mean() * math.log(2.0 - 2.0 * tau)).detach()
     inside = (w1 >= -q) & (w1 <= q)  # closed interval
-    w2 = torch.where(inside, w1, _sign(w1) * q)  # gradient reaches w1 only where inside
+    w2 = torch.where(inside, w1, ref_sign(w1) * q)  # gradient reaches w1 only where inside
     return ref_ste_sign(w2)
 
 
@@ -91,7 +75,7 @@ def ref_input_binarizer(
         dims = tuple(range(1, x.ndim))
         std = torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=True) + EPS)
         x = x / (std.detach() if detach_std else std)
-    return _RefApproxSign.apply(x)
+    return RefApproxSign.apply(x)
 
 
 def np_tau(e: int, E: int, lo: float = 0.85, hi: float = 0.99) -> float:
@@ -346,7 +330,7 @@ def test_activation_normalisation_in_training_is_not_detached():
     x_ref = x.clone().requires_grad_(True)
     out_ref = ref_input_binarizer(x_ref, training=True)
     (out_ref * r).sum().backward()
-    assert torch.equal(out, _sign(x))  # a positive per-sample factor keeps the sign
+    assert torch.equal(out, ref_sign(x))  # a positive per-sample factor keeps the sign
     torch.testing.assert_close(grad, x_ref.grad, rtol=1e-10, atol=1e-12)
     x_det = x.clone().requires_grad_(True)
     (ref_input_binarizer(x_det, training=True, detach_std=True) * r).sum().backward()
@@ -361,7 +345,7 @@ def test_activation_in_eval_mode_is_plain_approx_sign_of_x():
     x = 0.2 * torch.randn(2, 3, 4, 4, dtype=DT)
     r = torch.randn(2, 3, 4, 4, dtype=DT)
     out, grad = _input_grads(model, layer, x, r)
-    assert torch.equal(out, _sign(x))
+    assert torch.equal(out, ref_sign(x))
     torch.testing.assert_close(grad, r * torch.clamp(2 - 2 * x.abs(), min=0), rtol=1e-12, atol=0)
     x_tr = x.clone().requires_grad_(True)
     (ref_input_binarizer(x_tr, training=True) * r).sum().backward()
