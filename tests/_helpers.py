@@ -22,6 +22,19 @@ def merged(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
     return out
 
 
+# The run tests' recipe: a binary MLP on synthetic data (8 steps per epoch, 3 epochs).
+SYNTHETIC_MLP: dict[str, Any] = {
+    "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
+             "synthetic_train": 256, "synthetic_val": 64, "batch_size": 32},
+    "model": {"name": "mlp", "in_features": 12, "hidden": 32, "depth": 2},
+    "method": {"name": "reactnet"},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "schedule": {"name": "cosine", "warmup_epochs": 1},
+    "training": {"epochs": 3, "seed": 3},
+    "logging": {"log_every": 3, "progress": "off", "tensorboard": False},
+}  # fmt: skip
+
+
 def events(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     """The ``kind`` events (``train`` / ``epoch``) of a run's ``metrics.jsonl``, every line parsed."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 import torch
 import yaml
-from _helpers import events, merged, write_fake
+from _helpers import SYNTHETIC_MLP, events, merged, write_fake
 from safetensors.torch import load_file
 
 from bnnkit.cli.main import main
@@ -29,16 +29,7 @@ from bnnkit.runs.rundir import RunDirectoryError
 from bnnkit.runs.stages import CheckpointWriteError
 from bnnkit.training import NonFiniteLossError, Trainer
 
-BASE = {
-    "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
-             "synthetic_train": 256, "synthetic_val": 64, "batch_size": 32},
-    "model": {"name": "mlp", "in_features": 12, "hidden": 32, "depth": 2},
-    "method": {"name": "reactnet"},
-    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "schedule": {"name": "cosine", "warmup_epochs": 1},
-    "training": {"epochs": 3, "seed": 3},
-    "logging": {"log_every": 3, "progress": "off", "tensorboard": False},
-}  # fmt: skip
+BASE = SYNTHETIC_MLP
 
 
 def recipe(**sections):

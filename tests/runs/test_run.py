@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import yaml
-from _helpers import events, merged
+from _helpers import SYNTHETIC_MLP, events, merged
 from torch import nn
 
 import bnnkit
@@ -19,16 +19,7 @@ from bnnkit.runs.run import RunInterrupted
 from bnnkit.runs.stages import TeacherError
 from bnnkit.training import NonFiniteLossError
 
-BASE = {
-    "data": {"name": "synthetic", "synthetic_shape": [12], "synthetic_classes": 4,
-             "synthetic_train": 256, "synthetic_val": 64, "batch_size": 32},
-    "model": {"name": "mlp", "in_features": 12, "hidden": 32, "depth": 2},
-    "method": {"name": "reactnet"},
-    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "schedule": {"name": "cosine", "warmup_epochs": 1},
-    "training": {"epochs": 3, "seed": 3},
-    "logging": {"log_every": 3, "progress": "off", "tensorboard": False},
-}  # fmt: skip
+BASE = SYNTHETIC_MLP
 
 
 def recipe(**sections):
