@@ -235,10 +235,9 @@ class RunDirectory:
         many were dropped. Rewrites ``metrics.jsonl`` atomically."""
         if not self.metrics.is_file():
             return 0
-        events = read_jsonl(self.metrics)
+        events = read_jsonl(self.metrics)  # a line cut by a kill is dropped with the rest
         kept = [e for e in events if int(e.get("step", 0)) <= step]
-        if len(kept) < len(events) or len(events) < self.metrics.read_text().count("\n"):
-            atomic_write_text("".join(json.dumps(e) + "\n" for e in kept), self.metrics)
+        atomic_write_text("".join(json.dumps(e) + "\n" for e in kept), self.metrics)
         return len(events) - len(kept)
 
     def write_config(self, resolved: dict[str, Any]) -> Path:
