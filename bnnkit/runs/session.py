@@ -37,11 +37,13 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RESTART_COUNT" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def newest_checkpoint(run: RunDirectory) -> tuple[Path | None, list[str]]:
-    """The run's newest complete checkpoint (highest stage, then step; ``last.pt`` on a tie)
-    among all its checkpoint files, and a note for each file that does not load (a cut or
-    corrupt file is skipped, never resumed)."""
-    best: tuple[tuple, Path] | None = None
+Position = tuple[int, int]  # (stage index, global step)
+
+
+def checkpoint_positions(run: RunDirectory) -> tuple[dict[Path, Position], list[str]]:
+    """Where each complete checkpoint of the run stands (each file loaded once, mapped), and a
+    note for each file that does not load (a cut or corrupt file is skipped, never resumed)."""
+    positions: dict[Path, Position] = {}
     notes = []
     for path in run.checkpoint_files():
         try:
@@ -49,22 +51,34 @@ def newest_checkpoint(run: RunDirectory) -> tuple[Path | None, list[str]]:
         except CheckpointError as err:
             notes.append(f"skipped {path.name}: {err}")
             continue
-        key = (ckpt.stage_index, int(ckpt.progress.get("step", 0)), path.name == LAST)
-        if best is None or key > best[0]:
-            best = (key, path)
-    return (best[1] if best else None), notes
+        positions[path] = (ckpt.stage_index, int(ckpt.progress.get("step", 0)))
+    return positions, notes
 
 
-def _position(path: Path) -> tuple[int, int]:
-    ckpt = load_checkpoint(path, mmap=True)
-    return ckpt.stage_index, int(ckpt.progress.get("step", 0))
+def _newest(positions: dict[Path, Position]) -> Path | None:
+    """The newest of them: highest stage, then step; ``last.pt`` on a tie."""
+    return max(positions, key=lambda p: (*positions[p], p.name == LAST), default=None)
+
+
+def newest_checkpoint(run: RunDirectory) -> tuple[Path | None, list[str]]:
+    """The run's newest complete checkpoint among all its checkpoint files, and the notes of
+    :func:`checkpoint_positions`."""
+    positions, notes = checkpoint_positions(run)
+    return _newest(positions), notes
 
 
 def _check_newest(run: RunDirectory, source: Path) -> None:
     """In place, only the run's newest checkpoint continues it: continuing an older one there
     would leave the newer checkpoints of the abandoned steps for a later resume to pick."""
-    newest, _ = newest_checkpoint(run)
-    if newest is None or _position(newest) <= _position(source):
+    positions, _ = checkpoint_positions(run)
+    newest = _newest(positions)
+    if newest is None:
+        return
+    mine = positions.get(source.resolve())
+    if mine is None:  # not a complete checkpoint: loading it says why
+        ckpt = load_checkpoint(source, mmap=True)
+        mine = (ckpt.stage_index, int(ckpt.progress.get("step", 0)))
+    if positions[newest] <= mine:
         return
     raise CheckpointError(
         f"{source} is older than {newest}, the newest checkpoint of {run.path}: continuing it "
@@ -139,12 +153,14 @@ def _decide(cfg: RunConfig | None, out: str | Path | None, resume: str | Path | 
     auto = cfg.stages[0].training.auto_resume
     if auto is None:
         auto = under_torchrun()
-    checkpoint = None
-    if auto and run.checkpoint_files():
-        checkpoint, skipped = newest_checkpoint(run)
+    files = run.checkpoint_files()
+    positions, skipped = checkpoint_positions(run) if files else ({}, [])
+    checkpoint = _newest(positions) if auto else None
+    if auto:
         notes += skipped
     if checkpoint is None:
-        notes += _set_aside_broken(run)
+        if files and not positions:
+            notes += _set_aside_broken(run, files)
         try:
             RunDirectory.create(run.path, name)
         except BnnkitError:
@@ -155,12 +171,9 @@ def _decide(cfg: RunConfig | None, out: str | Path | None, resume: str | Path | 
     return Session(run, checkpoint, lock, notes)
 
 
-def _set_aside_broken(run: RunDirectory) -> list[str]:
+def _set_aside_broken(run: RunDirectory, files: list[Path]) -> list[str]:
     """A folder whose checkpoint files are all incomplete (cut, empty) holds no run: rename
     them to ``<name>.broken`` (kept, not deleted) so that the folder can be reused."""
-    files = run.checkpoint_files()
-    if not files or newest_checkpoint(run)[0] is not None:
-        return []
     for path in files:
         path.replace(path.with_name(path.name + ".broken"))
     return [f"no complete checkpoint in {run.checkpoints}: set aside "
