@@ -38,7 +38,8 @@ def train_steps(
     trainer = Trainer(stage, model, build_optimizer(model, method, stage.optimizer))
     losses = []
     for step in range(steps):
-        state = TrainState(step=step, epoch=0, epochs=epochs, progress=step / steps, lr=lr)
+        state = TrainState(step=step, epoch=0, epochs=epochs, progress=step / steps, lr=lr,
+                           batch=step)  # fmt: skip
         losses.append(float(trainer.train_step(x, y, state).loss))
         trainer.progress.step += 1
     return losses

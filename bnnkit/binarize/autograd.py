@@ -105,6 +105,18 @@ class _EDESign(torch.autograd.Function):
         return grad * F.ede_grad(x, t, k), None, None
 
 
+class _RBNNSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
+        ctx.save_for_backward(x, t, k)
+        return F.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        x, t, k = ctx.saved_tensors
+        return grad * F.rbnn_grad(x, t, k), None, None
+
+
 class _SwishSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, beta: float) -> Tensor:
@@ -257,6 +269,13 @@ def ede_sign(x: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     k = torch.as_tensor(k, dtype=x.dtype, device=x.device)
     return _EDESign.apply(x, t, k)
+
+
+def rbnn_sign(x: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
+    r"""Forward :math:`\mathrm{sign}(x)`; backward :math:`g \cdot k \max(0, \sqrt2 t - t^2|x|)` (RBNN)."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    k = torch.as_tensor(k, dtype=x.dtype, device=x.device)
+    return _RBNNSign.apply(x, t, k)
 
 
 def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:

@@ -50,6 +50,10 @@ class Binarizer(nn.Module):
     real-valued weight transform (BiPer's stage-1 :class:`SineWeight`): its layer counts as
     32-bit, has no sign history and is not exported to XNOR-popcount."""
 
+    needs_zero_padding: bool = False
+    """Whether the binarized input must be zero-padded: True when ±1 is not a member of the
+    output set (AdaBin's affine set), so a conv's ``pad_value`` ±1 is refused."""
+
     def sign_input(self, x: Tensor) -> Tensor:
         """The tensor whose sign the output is (``x`` for an element-wise sign)."""
         return x

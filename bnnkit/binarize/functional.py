@@ -12,6 +12,8 @@ float latent weight or activation that is hit with probability ~0, so results do
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -82,6 +84,16 @@ def ede_grad(x: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
     sign-like. Qin et al., "Forward and Backward Information Retention", CVPR 2020.
     """
     return k * t * (1.0 - torch.tanh(t * x).square())
+
+
+def rbnn_grad(x: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
+    r"""RBNN's training-aware surrogate: :math:`k \max(0, \sqrt{2}\,t - t^2 |x|)`.
+
+    A triangle of height :math:`k\sqrt{2}\,t` on :math:`|x| < \sqrt{2}/t`, the derivative of
+    :math:`k(\sqrt{2}\,t x - \mathrm{sign}(x) t^2 x^2 / 2)` there (which reaches :math:`\pm k`
+    at the boundary). Lin et al., "Rotated Binary Neural Network", NeurIPS 2020.
+    """
+    return k * (math.sqrt(2.0) * t - t * t * x.abs()).clamp_min(0.0)
 
 
 def swish_sign_grad(x: Tensor, beta: float = 5.0) -> Tensor:

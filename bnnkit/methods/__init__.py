@@ -2,12 +2,14 @@
 methods (one module each; importing this package registers them)."""
 
 from bnnkit.methods import (  # noqa: F401
+    adabin,
     biper,
     bireal,
     bop,
     full_precision,
     irnet,
     ovsw,
+    rbnn,
     reactnet,
     rebnn,
     recu,

@@ -156,9 +156,9 @@ def binarize_(
             f"the filter; kept float: {report.kept_float}). Pass filter_fn or keep_float to choose."
         )
     for name, layer in chosen:
-        _attach(layer, method)
         if pad_value is not None and isinstance(layer, BinaryConv2d):
-            layer.pad_value = pad_value
+            layer.pad_value = pad_value  # first, so that the method's builders see it
+        _attach(layer, method)
         report.attached.append(name)
     logger.info("%s", report)
     if verbose:

@@ -57,6 +57,8 @@ class TrainState:
         epochs: total epochs of the current stage.
         progress: fraction of the stage done, in [0, 1].
         lr: current base learning rate (of the first parameter group).
+        batch: the batch index within the epoch, 0-based (0 at the epoch's first step; a run
+            resumed mid-epoch starts at its checkpoint's batch).
     """
 
     step: int = 0
@@ -64,6 +66,7 @@ class TrainState:
     epochs: int = 1
     progress: float = 0.0
     lr: float = 0.0
+    batch: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class Method:
             return (f"{base.name} has no latent weights (its optimizer flips ±1 weights), and "
                     f"{self.name}'s rules act on latent magnitudes")  # fmt: skip
         if not base.monotone_weight_sign:
-            return (f"{base.name}'s weight sign is periodic in w (sign(sin(omega w))), and "
+            return (f"{base.name}'s weight sign is {base.weight_sign_kind}, and "
                     f"{self.name}'s rules act through |w|, which does not measure the distance "
                     "to a sign change there")  # fmt: skip
         return None
@@ -212,7 +215,20 @@ class Method:
     @property
     def monotone_weight_sign(self) -> bool:
         """Whether a binary weight's sign is a monotone function of the latent weight (so |w|
-        measures the distance to a flip). False for BiPer's periodic sign(sin(omega w))."""
+        measures the distance to a flip). False for BiPer's periodic sign(sin(omega w)) and
+        RBNN's rotated weights."""
+        return True
+
+    @property
+    def weight_sign_kind(self) -> str:
+        """How a binary weight's sign follows from the latent weights, in words (the
+        composition refusals quote it)."""
+        return "monotone in w"
+
+    @property
+    def symmetric_weight_set(self) -> bool:
+        """Whether each output channel's binary weights are ±α (symmetric about 0). False for
+        AdaBin's affine {β − α, β + α}."""
         return True
 
 

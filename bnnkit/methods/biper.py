@@ -81,6 +81,10 @@ class BiPer(Method):
     def monotone_weight_sign(self) -> bool:
         return False
 
+    @property
+    def weight_sign_kind(self) -> str:
+        return "periodic in w (sign(sin(omega w)))"
+
     def refuses_previous(self, previous: Method) -> str | None:
         """Stage 2 must keep stage 1's ω: its latent weights are phases of that frequency."""
         before = [p for p in previous.parts() if isinstance(p, BiPer)]

@@ -144,6 +144,14 @@ class Composed(Method):
     def latent_free(self) -> bool:
         return self.base.latent_free
 
+    @property
+    def symmetric_weight_set(self) -> bool:
+        return self.base.symmetric_weight_set
+
+    @property
+    def weight_sign_kind(self) -> str:
+        return self.base.weight_sign_kind
+
 
 def compose(top: Method, base: Method) -> Composed:
     """``top``'s parts on ``base``'s parts, or a :class:`ConfigError` naming both and why."""

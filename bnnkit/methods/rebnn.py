@@ -180,6 +180,10 @@ class ReBNN(Method):
     def refuses_base(self, base: Method) -> str | None:
         if self.variant == "official_code":
             return "rebnn's official_code variant has its own scale and gradients; use variant: paper on a base"
+        if not base.symmetric_weight_set:
+            return (f"{base.name}'s weight sets are affine (a centre and a distance that are "
+                    "statistics of W), and rebnn's reconstruction w - alpha*b and its gamma rule "
+                    "assume a symmetric +-alpha set with a scale of their own")  # fmt: skip
         return super().refuses_base(base)
 
     def _gamma0(self) -> float:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from bnnkit.errors import ConfigError
-from bnnkit.nn import BinaryConv2d
+from bnnkit.nn import BinaryConv2d, Maxout
 
 
 def binary_conv3x3(cin: int, cout: int, stride: int = 1) -> BinaryConv2d:
@@ -18,47 +18,75 @@ def binary_conv3x3(cin: int, cout: int, stride: int = 1) -> BinaryConv2d:
 
 
 class OptionAShortcut(nn.Module):
-    """Parameter-free shortcut "option A" of ReCU's CIFAR ResNets.
+    """Parameter-free shortcut "option A" of the CIFAR ResNets.
 
-    ``AvgPool2d(2)`` when ``stride == 2``, then zero-padding of ``(cout - cin) // 2`` channels
-    on each side (``planes // 4`` for the usual doubling).
+    Where ``stride == 2``: ``AvgPool2d(2)`` (ReCU's code) or, with ``subsample``, every second
+    row and column ``x[:, :, ::2, ::2]`` (AdaBin's code, the original ResNet option A); then
+    zero-padding of ``(cout - cin) // 2`` channels on each side (``planes // 4`` for the usual
+    doubling).
     """
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, subsample: bool = False) -> None:
         super().__init__()
         if (cout - cin) % 2:
             raise ValueError(f"option-A shortcut needs an even channel increase, got {cin}->{cout}")
-        self.stride, self.pad = stride, (cout - cin) // 2
+        self.stride, self.pad, self.subsample = stride, (cout - cin) // 2, bool(subsample)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride != 1:
-            x = F.avg_pool2d(x, self.stride)
+            s = self.stride
+            x = x[:, :, ::s, ::s] if self.subsample else F.avg_pool2d(x, s)
         return F.pad(x, (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
 
     def extra_repr(self) -> str:
-        return f"stride={self.stride}, pad_channels={self.pad}"
+        how = ", subsample" if self.subsample else ""
+        return f"stride={self.stride}, pad_channels={self.pad}{how}"
+
+
+Activation = Callable[[int], nn.Module]
+"""A nonlinearity factory: ``act(num_channels) -> module``."""
+
+
+def hardtanh(num_channels: int) -> nn.Module:
+    """The papers' default nonlinearity (no parameters)."""
+    return nn.Hardtanh()
+
+
+def maxout(num_channels: int) -> nn.Module:
+    """AdaBin's per-channel two-slope :class:`~bnnkit.nn.Maxout`."""
+    return Maxout(num_channels)
 
 
 class BiRealBlock(nn.Module):
-    """Two binary 3x3 convs, each with its own shortcut (Bi-Real style), BN and hardtanh.
+    """Two binary 3x3 convs, each with its own shortcut (Bi-Real style), BN and a nonlinearity.
 
-    ``out = hardtanh(BN1(conv1(x)) + shortcut(x))``; ``out = hardtanh(BN2(conv2(out)) + out)``,
-    where ``shortcut`` is the identity when ``None``. ResNet-20 (CIFAR) passes an option-A
-    shortcut, the one-stage ImageNet ResNets an FP conv1x1 + BN.
+    ``out = act1(BN1(conv1(x)) + shortcut(x))``; ``out = act2(BN2(conv2(out)) + out)``,
+    where ``shortcut`` is the identity when ``None`` and ``act`` hardtanh unless given (AdaBin:
+    :func:`maxout`). ResNet-20 (CIFAR) passes an option-A shortcut, the one-stage ImageNet
+    ResNets an FP conv1x1 + BN.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, shortcut: nn.Module | None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        shortcut: nn.Module | None,
+        act: Activation = hardtanh,
+    ) -> None:
         super().__init__()
         self.conv1 = binary_conv3x3(cin, cout, stride)
         self.bn1 = nn.BatchNorm2d(cout)
         self.shortcut = shortcut
+        self.act1 = act(cout)
         self.conv2 = binary_conv3x3(cout, cout)
         self.bn2 = nn.BatchNorm2d(cout)
+        self.act2 = act(cout)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.hardtanh(self.bn1(self.conv1(x)) + identity)
-        return F.hardtanh(self.bn2(self.conv2(out)) + out)
+        out = self.act1(self.bn1(self.conv1(x)) + identity)
+        return self.act2(self.bn2(self.conv2(out)) + out)
 
 
 def make_stages(

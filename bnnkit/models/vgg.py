@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from bnnkit.models.common import binary_conv3x3, check_choice
+from bnnkit.models.common import Activation, binary_conv3x3, check_choice, hardtanh, maxout
 from bnnkit.models.registry import register_model
 
 
@@ -24,19 +24,21 @@ class VGGSmall(nn.Module):
         (512, 512, True),
     )
 
-    def __init__(self, num_classes: int = 10, last_activation: str = "hardtanh") -> None:
+    def __init__(
+        self, num_classes: int = 10, last_activation: str = "hardtanh", act: Activation = hardtanh
+    ) -> None:
         super().__init__()
         self.conv0 = nn.Conv2d(3, 128, 3, padding=1, bias=False)
         self.bn0 = nn.BatchNorm2d(128)
-        self.act0 = nn.Hardtanh()
+        self.act0 = act(128)
         stages = []
         for i, (cin, cout, pool) in enumerate(self.CFG):
             last = i == len(self.CFG) - 1
-            act = nn.PReLU(cout) if (last and last_activation == "prelu") else nn.Hardtanh()
+            act_i = nn.PReLU(cout) if (last and last_activation == "prelu") else act(cout)
             parts = [binary_conv3x3(cin, cout)]
             if pool:
                 parts.append(nn.MaxPool2d(2))
-            parts += [nn.BatchNorm2d(cout), act]
+            parts += [nn.BatchNorm2d(cout), act_i]
             stages.append(nn.Sequential(*parts))
         self.features = nn.Sequential(*stages)
         self.fc = nn.Linear(512 * 4 * 4, num_classes)
@@ -60,13 +62,19 @@ class VGGSmall(nn.Module):
 
 
 @register_model(input_size=(3, 32, 32), num_classes=10, dataset="cifar")
-def vgg_small(num_classes: int = 10, last_activation: str = "hardtanh") -> VGGSmall:
+def vgg_small(
+    num_classes: int = 10, last_activation: str = "hardtanh", variant: str = "recu"
+) -> VGGSmall:
     """VGG-Small (5 binary 3x3 convs 128-128-256-256-512-512), 32x32 input.
 
     Init: conv N(0, 2/(k^2 C_out)), BN 1/0, FC N(0, 0.01^2) with zero bias.
 
     Args:
         last_activation: ``"hardtanh"`` (ReCU) or ``"prelu"`` (OvSW: PReLU(512) after bn5).
+        variant: ``"recu"`` or ``"adabin"``: :func:`~bnnkit.models.common.maxout` in place of
+            every hardtanh. AdaBin released no VGG-Small code, so this topology is an
+            assumption (docs/specs/adabin.md section 4.5), not the paper's verified network.
     """
     check_choice("last_activation", last_activation, ("hardtanh", "prelu"))
-    return VGGSmall(num_classes, last_activation)
+    check_choice("variant", variant, ("recu", "adabin"))
+    return VGGSmall(num_classes, last_activation, maxout if variant == "adabin" else hardtanh)

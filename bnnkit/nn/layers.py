@@ -184,6 +184,11 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
         if isinstance(value, bool) or value not in PAD_VALUES:
             raise ConfigError("is not valid", location=("pad_value",), value=value,
                               allowed="0 (zero padding), 1 or -1")  # fmt: skip
+        inputs = self.input_binarizer
+        if value and isinstance(inputs, Binarizer) and inputs.needs_zero_padding:
+            raise ConfigError(f"cannot be used with {type(inputs).__name__}: +-1 is not a member "
+                              "of its output set (zero padding only)", location=("pad_value",),
+                              value=value, allowed="0")  # fmt: skip
         if value and self.padding_mode != "zeros":
             raise ConfigError(f"needs padding_mode='zeros', not {self.padding_mode!r}",
                               location=("pad_value",), value=value)  # fmt: skip

@@ -108,21 +108,43 @@ def _split_overrides(
     overrides: Sequence[str], methods: Sequence[str]
 ) -> tuple[list[str], dict[str, list[str]]]:
     shared: list[str] = []
-    per: dict[str, list[str]] = {m: [] for m in methods}
+    per: dict[str, list[str]] = {m: [] for m in [*methods, *list_methods()]}
     for o in overrides:
         key = o.split("=", 1)[0]
         head = key.split(".", 1)[0]
-        if head in per and "." in key:
+        if head in per and "." in key:  # kept for a method not compared now (a later run may)
             rest = o.split(".", 1)[1]  # <method>.<section>.<key>=v: that method's recipe section
             per[head].append(rest if rest.split(".", 1)[0] in TOP_KEYS else "method." + rest)
         elif key in ("method.name", "training.seed"):
             raise CompareError(f"{key} is set by compare itself (--methods / --seeds); drop {o!r}")
         else:
             shared.append(o)
-    for m in methods:  # a latent-free method's ±1 weights take Bop, with its defaults unless set
+    for m in per:  # a latent-free method's ±1 weights take Bop, with its defaults unless set
         if get_method(m).latent_free and not any(o.startswith("optimizer.binary") for o in per[m]):
             per[m].append("optimizer.binary.name=bop")
     return shared, per
+
+
+def _check_same_settings(out: Path, recipe: str, overrides: Sequence[str]) -> None:
+    """Refuse to add runs to ``out`` under other settings than its runs were trained with: the
+    recipe and the shared overrides must match, and so must every trained method's own
+    ``<method>.<key>`` overrides (a method not trained there yet may bring new ones)."""
+    spec_file = out / "compare.json"
+    if not spec_file.is_file():
+        return
+    old = json.loads(spec_file.read_text()).get("spec", {})
+    if not old:
+        return
+    shared_old, per_old = _split_overrides(old.get("overrides", []), [])
+    shared_new, per_new = _split_overrides(overrides, [])
+    trained = {p.name.rsplit("-seed", 1)[0] for p in out.glob("*-seed*") if p.is_dir()}
+    changed = sorted(m for m in trained if per_old.get(m, []) != per_new.get(m, []))
+    if old.get("recipe") != recipe or shared_old != shared_new or changed:
+        what = f" (the overrides of {', '.join(changed)})" if changed else ""
+        raise CompareError(
+            f"{out} holds a comparison of {old.get('recipe')!r} with overrides "
+            f"{old.get('overrides')}{what}; use another --out for different settings"
+        )
 
 
 def _run_values(run_dir: Path) -> dict[str, float]:
@@ -192,14 +214,7 @@ def compare(
         )
     out = Path(out)
     spec = {"recipe": str(recipe), "overrides": list(overrides)}
-    spec_file = out / "compare.json"
-    if spec_file.is_file():
-        old = json.loads(spec_file.read_text()).get("spec", {})
-        if old and (old.get("recipe"), old.get("overrides")) != (spec["recipe"], spec["overrides"]):
-            raise CompareError(
-                f"{out} holds a comparison of {old.get('recipe')!r} with overrides "
-                f"{old.get('overrides')}; use another --out for different settings"
-            )
+    _check_same_settings(out, str(recipe), overrides)
     out.mkdir(parents=True, exist_ok=True)
     train_fn = train_fn or train
     result = CompareResult(out, methods, seeds)

@@ -250,7 +250,7 @@ class Trainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             progress = (epoch + i / n) / self.epochs_total
-            state = TrainState(self.progress.step, epoch, self.epochs_total, progress, lr)
+            state = TrainState(self.progress.step, epoch, self.epochs_total, progress, lr, i)
             step = self.train_step(x, y, state)
             sums.bad |= ~torch.isfinite(step.loss)
             sums.loss += step.loss

@@ -73,8 +73,10 @@ def should_compose(top: str, base: str) -> bool:
     """The documented rule, for default fields (no part-specific refusal applies to them): a
     rule part on a different base whose weights are binary, latent (not Bop's ±1 weights) and
     with a sign monotone in w (BiPer's periodic sign(sin(omega w)) is not: the rules act
-    through |w|)."""
+    through |w|); rebnn needs a base with symmetric ±α sets (AdaBin's are affine)."""
     b = get_method(base)
+    if top == "rebnn" and not b.symmetric_weight_set:
+        return False
     return (top != base and adds_rules(top) and binarizes(base) and b.monotone_weight_sign
             and not b.latent_free)  # fmt: skip
 

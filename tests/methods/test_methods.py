@@ -22,8 +22,10 @@ from bnnkit.binarize import (
 )
 from bnnkit.errors import ConfigError
 from bnnkit.methods import Method, TrainState, binarize_, binary_layers, get_method, list_methods
+from bnnkit.methods.adabin import AdaBinActivation, AdaBinAffineScale, AdaBinWeightSign
 from bnnkit.methods.irnet import LibraPBSign, PowerOfTwoScale, ede_schedule
 from bnnkit.methods.ovsw import StandardizedMeanAbsScale
+from bnnkit.methods.rbnn import RBNNActSign, RBNNWeightSign
 from bnnkit.methods.rebnn import GradRecordingScale
 from bnnkit.methods.recu import ReCUSign
 from bnnkit.nn import RSign
@@ -32,6 +34,7 @@ from bnnkit.nn import RSign
 # A new method must declare itself here, so the conformance test below covers it.
 EXPECTED = {
     "float": (None, None, None),
+    "adabin": (AdaBinWeightSign, AdaBinActivation, AdaBinAffineScale),
     "ste": (ClippedSTESign, ClippedSTESign, None),
     "xnor": (ClippedSTESign, ClippedSTESign, MeanAbsScale),
     "bireal": (ClippedSTESign, ApproxSign, MeanAbsScale),
@@ -41,6 +44,7 @@ EXPECTED = {
     "rebnn": (ClippedSTESign, RSign, GradRecordingScale),
     "ovsw": (IdentitySTESign, StdNormApproxSign, StandardizedMeanAbsScale),
     "biper": (PeriodicSign, StdNormApproxSign, LearnableScale),
+    "rbnn": (RBNNWeightSign, RBNNActSign, LearnableScale),
     "bop": (IdentitySTESign, ClippedSTESign, None),
 }
 
@@ -79,12 +83,18 @@ def test_binarize_attaches_the_right_modules(name):
         assert layer.method_name == name
 
 
+# RBNN at its default θ = π/2 passes no task gradient to the latent weights (∂w3/∂w2 =
+# 1 - |sin θ| = 0 exactly; docs/specs/rbnn.md 2.5): the conformance run starts it off π/2.
+STEP_FIELDS = {"rbnn": {"theta_init": 1.0}}
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_three_steps_give_finite_loss_and_move_latent_weights(name, run_steps):
-    model = binarize_(small_model(), name)
+    method = get_method(name, **STEP_FIELDS.get(name, {}))
+    model = binarize_(small_model(), method)
     before = [layer.weight.detach().clone() for _, layer in binary_layers(model)]
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))
-    losses = run_steps(model, get_method(name), x, y, steps=3)
+    losses = run_steps(model, method, x, y, steps=3)
     assert all(math.isfinite(v) for v in losses)
     after = [layer.weight.detach() for _, layer in binary_layers(model)]
     changed = sum(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
@@ -93,12 +103,22 @@ def test_three_steps_give_finite_loss_and_move_latent_weights(name, run_steps):
 
 @pytest.mark.parametrize("name", [n for n in list_methods() if get_method(n).binarizes_weights])
 def test_binarized_weights_take_two_values_per_output_channel(name):
+    """±α per channel; for a method with affine sets (AdaBin), {c - d, c + d} with the centre
+    the channel mean and the half-gap the channel's population std."""
     model = binarize_(small_model(), name)
+    symmetric = get_method(name).symmetric_weight_set
     for _, layer in binary_layers(model):
         w = layer.binarized_weight().detach().flatten(1)
-        for row in w:
+        latent = layer.weight.detach().flatten(1)
+        for row, wrow in zip(w, latent, strict=True):
             values = row.unique()
             assert len(values) <= 2
+            if not symmetric:
+                assert len(values) == 2
+                centre, half = values.mean(), (values[1] - values[0]) / 2
+                assert torch.isclose(centre, wrow.mean(), atol=1e-6)
+                assert torch.isclose(half, wrow.std(unbiased=False), atol=1e-6)
+                continue
             assert torch.allclose(values.abs(), values.abs()[0].expand_as(values))
             assert values.abs()[0] > 0
             if len(values) == 2:

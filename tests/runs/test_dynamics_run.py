@@ -339,6 +339,25 @@ def test_compare_resumes_skips_finished_runs_and_refuses_other_settings(recipe_f
         compare(str(recipe_file), ["ste"], [0], ["training.epochs=1"], out=out, log=lambda s: None)
 
 
+def test_compare_adds_methods_with_their_own_overrides_but_keeps_trained_ones(
+    recipe_file, tmp_path
+):
+    """A comparison folder grows by methods (each may bring ``<method>.<key>`` overrides of its
+    own), but a trained method's overrides, the shared ones and the recipe stay fixed."""
+    out, quiet = tmp_path / "cmp", (lambda s: None)
+    compare(str(recipe_file), ["ste"], [0], ["training.epochs=1", "ovsw.delta=0.05"], out=out, log=quiet)  # fmt: skip
+    assert not (out / "ovsw-seed0").exists()  # an override of a method not compared is kept
+    compare(str(recipe_file), ["ste", "ovsw"], [0],
+            ["training.epochs=1", "ovsw.delta=0.05", "xnor.optimizer.lr=0.01"], out=out, log=quiet)  # fmt: skip
+    cfg = yaml.safe_load((out / "ovsw-seed0" / "config.yaml").read_text())["stages"][0]
+    assert cfg["method"]["delta"] == 0.05 and cfg["training"]["epochs"] == 1
+    with pytest.raises(CompareError, match=r"the overrides of ovsw.*another --out"):
+        compare(str(recipe_file), ["ovsw"], [0], ["training.epochs=1", "ovsw.delta=0.04"], out=out, log=quiet)  # fmt: skip
+    with pytest.raises(CompareError, match="another --out"):  # a shared override changed
+        compare(str(recipe_file), ["xnor"], [0], ["training.epochs=2", "ovsw.delta=0.05"], out=out, log=quiet)  # fmt: skip
+    assert not (out / "xnor-seed0").exists()
+
+
 def test_compare_argument_errors(recipe_file, tmp_path):
     with pytest.raises(CompareError, match="unknown method"):
         compare(str(recipe_file), ["ste", "nope"], [0], out=tmp_path / "a")
