@@ -7,7 +7,7 @@ re-runs every recipe and asserts the same numbers. The runs go through the publi
 
 Each run: resnet20 (or the quickstart MLP) on synthetic data, 2 epochs of 2 steps, trackers on,
 one log event per step (so ``loss`` of a ``train`` event is that step's loss). The runs of
-methods added later (``biper``, ``biper_sine``, ``bop``: issue 15) were recorded when they were
+methods added later (``biper``, ``biper_sine``, ``bop``, ``adabin``, ``rbnn``: issue 15) were recorded when they were
 added, by ``fingerprint()`` on the same machine, and added to the file without touching the
 others.
 """
@@ -54,6 +54,7 @@ _METHODS: dict[str, Any] = {
     # added later (issue 15), recorded when they were added: their behaviour from then on
     "biper": {"name": "biper", "reg": 0.037},
     "biper_sine": {"name": "biper", "weights": "sine", "reg": 0.037},
+    "rbnn": {"name": "rbnn"},
 }
 
 
@@ -63,6 +64,8 @@ def recipes() -> dict[str, dict[str, Any]]:
     out["bop"] = {**_CONV, "method": {"name": "bop"},
                   "optimizer": {"name": "adam", "lr": 0.01, "binary": {"gamma": 1e-3, "threshold": 1e-6,
                                 "gamma_schedule": {"name": "linear", "final": 1e-5}}}}  # fmt: skip
+    out["adabin"] = {**_CONV, "model": {"name": "resnet20", "variant": "adabin"},
+                     "method": {"name": "adabin"}}  # fmt: skip
     out["two_stage_reactnet_ovsw"] = {
         **_CONV,
         "stages": [

@@ -12,6 +12,21 @@ import numpy as np
 import torch
 from torch import nn
 
+# Methods whose trained layers the packed export refuses (and why, as the refusal says it):
+# AdaBin's affine binary sets; RBNN's per-sample input centring (rbnn with center_inputs false
+# exports). Every other binary method must export exactly.
+NOT_PACKED = {
+    "adabin": r"AdaBin's binary sets \{c - d, c \+ d\} are affine",
+    "rbnn": r"centres each input sample by its own mean",
+}
+
+
+def packed_methods() -> list[str]:
+    """The registered binary methods the packed export handles."""
+    import bnnkit
+
+    return [m for m in bnnkit.list_methods() if m != "float" and m not in NOT_PACKED]
+
 
 def merged(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
     """A deep copy of the recipe ``base`` with each given section merged into its own (a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import sample_input, trained_like
+from _helpers import NOT_PACKED, packed_methods, sample_input, trained_like
 from torch import nn
 
 import bnnkit
@@ -21,7 +21,7 @@ from bnnkit.export import (
 )
 from bnnkit.nn import BinaryConv2d, BinaryLayer
 
-BINARY_METHODS = [m for m in bnnkit.list_methods() if m != "float"]
+BINARY_METHODS = packed_methods()  # the others refuse: test_convert.py checks it
 CIFAR_MODELS = ["resnet20", "resnet18_cifar", "vgg_small", "mlp"]
 IMAGENET_MODELS = [n for n in bnnkit.list_models() if n not in CIFAR_MODELS]
 
@@ -41,6 +41,13 @@ def _layer_io(model: nn.Module, x: torch.Tensor, kind: type) -> dict[str, tuple]
     for h in hooks:
         h.remove()
     return seen
+
+
+@pytest.mark.parametrize("method", sorted(NOT_PACKED))
+def test_methods_the_packed_format_cannot_represent_are_refused_naming_the_layer(method):
+    model = _trained_like("resnet20", method)
+    with pytest.raises(ExportError, match=rf"cannot pack binary layer 'layers\.0\.conv1': .*{NOT_PACKED[method]}"):  # fmt: skip
+        convert(model)
 
 
 @pytest.mark.parametrize("method", BINARY_METHODS)

@@ -7,14 +7,14 @@ import collections
 
 import pytest
 import torch
-from _helpers import sample_input, trained_like
+from _helpers import packed_methods, sample_input, trained_like
 from torch import nn
 
 import bnnkit
 from bnnkit.export import ExportError, convert
 from bnnkit.export.graph import KINDS, lower, run
 
-BINARY_METHODS = [m for m in bnnkit.list_methods() if m != "float"]
+BINARY_METHODS = packed_methods()  # the others refuse: test_convert.py checks it
 MODELS = ["resnet20", "resnet18_cifar", "vgg_small", "mlp", "resnet18", "reactnet_resnet18", "reactnet_a"]  # fmt: skip
 
 

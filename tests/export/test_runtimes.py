@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _helpers import sample_input, trained_like
+from _helpers import packed_methods, sample_input, trained_like
 
 import bnnkit
 from bnnkit.errors import MissingDependencyError
@@ -33,7 +33,7 @@ from bnnkit.export.graph import Graph, Op, _run_op, lower
 from bnnkit.export.lce import to_tflite
 from bnnkit.export.runtimes import LCEModel, OpenVINOModel, lce_interpreter_class
 
-BINARY_METHODS = [m for m in bnnkit.list_methods() if m != "float"]
+BINARY_METHODS = packed_methods()  # the others refuse: test_convert.py checks it
 MODELS = ["resnet20", "resnet18_cifar", "vgg_small", "mlp", "resnet18", "reactnet_resnet18", "reactnet_a"]  # fmt: skip
 
 
