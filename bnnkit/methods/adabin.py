@@ -181,6 +181,7 @@ class AdaBin(Method):
         check_range(self, "t_max", low=0.0, low_inclusive=False)
         check_ordered(self, "t_min", "t_max")
         check_choice(self, "weights", ("binary", "float"))
+        check_choice(self, "progressive", (True, False))
 
     @property
     def binarizes_weights(self) -> bool:

@@ -31,6 +31,7 @@ from bnnkit.binarize import (
 from bnnkit.methods.base import (
     Method,
     TrainState,
+    check_choice,
     check_ordered,
     check_range,
     register_method,
@@ -251,6 +252,7 @@ class RBNN(Method):
         check_ordered(self, "t_min", "t_max")
         check_range(self, "rotation_iters", low=1)
         check_range(self, "rotation_every", low=1)
+        check_choice(self, "center_inputs", (True, False))
 
     @property
     def monotone_weight_sign(self) -> bool:
