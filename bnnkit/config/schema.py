@@ -193,8 +193,9 @@ class TrainingConfig:
         epochs: epochs of the stage.
         label_smoothing: cross-entropy label smoothing (Bi-Real's PyTorch recipe: 0.1).
         grad_clip: max gradient norm (clipping after the method's gradient rules), or null.
-        amp: ``none``, ``bf16`` or ``fp16`` autocast; CUDA only (ignored on CPU, with a note);
-            fp16 uses a GradScaler, and the method's gradient rules see unscaled gradients.
+        amp: ``none``, ``bf16`` or ``fp16`` autocast; bf16 on CUDA and CPU, fp16 on CUDA only
+            (ignored on CPU, with a note); fp16 uses a GradScaler, and the method's gradient
+            rules see unscaled gradients.
         compile: wrap the model with ``torch.compile``.
         channels_last: NHWC memory format (CUDA only).
         seed: seeds torch, numpy and random, and the data order.

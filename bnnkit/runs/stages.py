@@ -163,9 +163,9 @@ class StageRun:
         optimizer = build_optimizer(model, stage.method, stage.optimizer)
         use_scaler = stage.training.amp == "fp16" and dist.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        if stage.training.amp != "none" and dist.device.type != "cuda":
-            ctx.logger.message(f"[{stage.name}] training.amp={stage.training.amp} ignored: "
-                               "autocast is used on CUDA only")  # fmt: skip
+        if stage.training.amp == "fp16" and dist.device.type != "cuda":
+            ctx.logger.message(f"[{stage.name}] training.amp=fp16 ignored: fp16 autocast is "
+                               "used on CUDA only (use bf16 on the CPU)")  # fmt: skip
         progress = StageProgress(step=step)
         if resume is not None:
             optimizer.load_state_dict(resume.optimizer)

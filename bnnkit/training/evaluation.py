@@ -52,8 +52,17 @@ def evaluate(
 
 
 def autocast_for(amp: str, device: torch.device) -> Callable[[], Any]:
-    """The autocast context of ``training.amp`` on ``device`` (CUDA only; else no autocast)."""
-    if amp == "none" or device.type != "cuda":
+    """The autocast context of ``training.amp`` on ``device``: ``bf16`` on CUDA and on the CPU
+    (no GradScaler: bf16 has fp32's exponent range), ``fp16`` on CUDA only (on another device
+    it is ignored; the stage says so), ``none`` no autocast.
+
+    A binary conv's ±1 x ±1 products are exact in bf16, and with the fp32 accumulation of the
+    CPU's (oneDNN) and CUDA's bf16 kernels its integer sums are exact up to 2^24; the output is
+    rounded to bf16 (8 significant bits), like a float conv's, and a weight scale α multiplied
+    into the weight is rounded to bf16 first.
+    """
+    if amp == "none" or (amp == "fp16" and device.type != "cuda"):
         return contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+    kind = device.type if device.type in ("cuda", "cpu") else "cpu"
+    return lambda: torch.autocast(device_type=kind, dtype=dtype)
