@@ -54,7 +54,7 @@ def step(t, x, y) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    t.train_step(x, y, TrainState(t.progress.step, 0, 1, 0.5, 0.01))
+    t.train_step(x, y, TrainState(t.progress.step, 0, 1, 0.5, 0.01, t.progress.step + 1))
     if x.is_cuda:
         torch.cuda.synchronize()
     t.progress.step += 1

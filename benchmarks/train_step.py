@@ -45,7 +45,7 @@ def make_trainer(method: str, model_name: str, trackers: bool, device: torch.dev
 def timed_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
     from bnnkit.methods import TrainState
 
-    state = TrainState(trainer.progress.step, 0, 1, 0.5, 0.01)
+    state = TrainState(trainer.progress.step, 0, 1, 0.5, 0.01, trainer.progress.step + 1)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()

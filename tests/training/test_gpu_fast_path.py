@@ -28,13 +28,13 @@ def test_training_step_has_no_host_sync(method):
     x = torch.randn(32, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (32,), device="cuda")
     for step in range(2):  # warm-up: allocator, cuDNN algorithm choice
-        trainer.train_step(x, y, TrainState(step, 0, 1, 0.0, 0.1))
+        trainer.train_step(x, y, TrainState(step, 0, 1, 0.0, 0.1, step))
         trainer.progress.step += 1
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(2, 4):
-            trainer.train_step(x, y, TrainState(step, 0, 1, 0.0, 0.1))
+            trainer.train_step(x, y, TrainState(step, 0, 1, 0.0, 0.1, step))
             trainer.progress.step += 1
     finally:
         torch.cuda.set_sync_debug_mode("default")
