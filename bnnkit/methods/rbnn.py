@@ -181,8 +181,10 @@ class RBNNActSign(Binarizer):
         return (x - x.mean(dim=dims, keepdim=True)) / std if self.center else x / std
 
     def forward(self, x: Tensor) -> Tensor:
-        t = self.t.to(x.dtype).clamp_min(1.0)
-        return rbnn_sign(self._standardized(x), t, 1.0)
+        # the statistics in fp32 at least (under bf16 autocast the mean would move signs)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        t = self.t.to(wide.dtype).clamp_min(1.0)
+        return rbnn_sign(self._standardized(wide), t, 1.0).to(x.dtype)
 
     @torch.no_grad()
     def sign_input(self, x: Tensor) -> Tensor:
