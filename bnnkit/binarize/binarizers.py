@@ -36,7 +36,8 @@ class Binarizer(nn.Module):
     know about them:
 
     * :meth:`sign_input`: the tensor :math:`u(x)` whose sign the output is,
-      :math:`\mathrm{forward}(x) \propto \mathrm{sign}(u(x))`. ``x`` itself for an
+      :math:`\mathrm{forward}(x) \propto \mathrm{sign}(u(x))` (an affine function of it for an
+      :attr:`affine_output` binarizer). ``x`` itself for an
       element-wise sign (the default); ReCU's standardised, clamped weight; IR-Net's
       standardised weight. Read by the per-layer sign history (flips, silent weights).
     * :meth:`inference_shift`: ``b`` with eval-mode output :math:`\mathrm{sign}(x + b)`
@@ -50,9 +51,11 @@ class Binarizer(nn.Module):
     real-valued weight transform (BiPer's stage-1 :class:`SineWeight`): its layer counts as
     32-bit, has no sign history and is not exported to XNOR-popcount."""
 
-    needs_zero_padding: bool = False
-    """Whether the binarized input must be zero-padded: True when ±1 is not a member of the
-    output set (AdaBin's affine set), so a conv's ``pad_value`` ±1 is refused."""
+    affine_output: bool = False
+    r"""Whether the output is an affine map of the sign, :math:`c + d\,\mathrm{sign}(u(x))`
+    with a centre :math:`c` possibly non-zero and :math:`d` possibly negative (AdaBin's
+    :math:`\alpha(\mathrm{sign} + \beta)`), not :math:`\pm d`: two values per channel still,
+    but ±1 is not one of them, so a conv refuses ``pad_value`` ±1 with it."""
 
     def sign_input(self, x: Tensor) -> Tensor:
         """The tensor whose sign the output is (``x`` for an element-wise sign)."""

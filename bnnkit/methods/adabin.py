@@ -118,7 +118,7 @@ class AdaBinActivation(Binarizer):
     Train and eval are the same function. sign(0) = +1 (the code's 0 gives the centre).
     """
 
-    needs_zero_padding = True
+    affine_output = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -185,7 +185,7 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
             raise ConfigError("is not valid", location=("pad_value",), value=value,
                               allowed="0 (zero padding), 1 or -1")  # fmt: skip
         inputs = self.input_binarizer
-        if value and isinstance(inputs, Binarizer) and inputs.needs_zero_padding:
+        if value and isinstance(inputs, Binarizer) and inputs.affine_output:
             raise ConfigError(f"cannot be used with {type(inputs).__name__}: +-1 is not a member "
                               "of its output set (zero padding only)", location=("pad_value",),
                               value=value, allowed="0")  # fmt: skip

@@ -76,6 +76,13 @@ def test_two_values_per_output_channel(name):
     if not b.two_valued:  # a real-valued weight transform (BiPer's stage-1 sine) says so
         assert out.abs().unique().numel() > C
         return
+    if b.affine_output:  # c + d·sign(u): two values, one per sign of the sign input, not ±d
+        x = inputs(name)
+        out, u = b(x).detach(), b.sign_input(x)
+        pos, neg = out[u >= 0].unique(), out[u < 0].unique()
+        assert pos.numel() == 1 and neg.numel() == 1 and not torch.equal(pos, neg)
+        assert not torch.isclose(pos.abs(), neg.abs())  # really affine at these parameters
+        return
     for c in range(C):
         values = out[c].abs().unique()
         assert values.numel() == 1 and float(values) > 0, (c, values)
@@ -87,6 +94,10 @@ def test_the_outputs_sign_is_the_sign_of_its_sign_input(name, training):
     b = build(name).train(training)
     x = inputs(name)
     out = b(x).detach()
+    if b.affine_output:  # the sign input picks the member: one output value per sign
+        u = b.sign_input(x)
+        assert out[u >= 0].unique().numel() == 1 and out[u < 0].unique().numel() == 1
+        return
     assert torch.equal(sign(out), sign(b.sign_input(x)))
 
 
