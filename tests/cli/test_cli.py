@@ -81,7 +81,7 @@ def test_summary_input_size_and_num_classes(capsys):
         (["summary", "resnet21"], "'resnet21' is not a known model; allowed: mlp"),
         (
             ["summary", "resnet20", "--method", "bnn"],
-            "'bnn' is not a known method; allowed: biper, bireal",
+            "'bnn' is not a known method; allowed: adabin, biper, bireal",
         ),
     ],
 )

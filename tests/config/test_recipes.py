@@ -118,7 +118,7 @@ def test_stages_merge_over_the_top_level():
         ),
         (
             ["method.name=recuu"],
-            r"^method\.name = 'recuu' is not a known method; allowed: biper, bireal, .* \(did you mean 'recu'\?\)$",
+            r"^method\.name = 'recuu' is not a known method; allowed: adabin, biper, bireal, .* \(did you mean 'recu'\?\)$",
         ),
         (
             ["method.t_mni=1"],
