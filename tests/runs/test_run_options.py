@@ -28,10 +28,14 @@ def test_tensorboard_event_files(tmp_path):
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_amp_request_on_cpu_is_ignored_with_a_note(tmp_path, capsys):
-    result = train(with_(training={"amp": "bf16"}), out=tmp_path / "run")
+def test_fp16_on_cpu_is_ignored_with_a_note_and_bf16_is_used(tmp_path, capsys):
+    result = train(with_(training={"amp": "fp16"}), out=tmp_path / "run")
     assert result.final_top1 > 0
-    assert "amp=bf16 ignored" in capsys.readouterr().err
+    assert (
+        "amp=fp16 ignored: fp16 autocast is used on CUDA only (use bf16" in capsys.readouterr().err
+    )
+    train(with_(training={"amp": "bf16"}), out=tmp_path / "bf16")
+    assert "amp=bf16 ignored" not in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -73,7 +73,7 @@ RECIPE = {
 def test_a_run_trains_and_evaluates_under_bf16_on_the_cpu(method, tmp_path, capsys):
     cfg = {**RECIPE, "method": {"name": method}}
     result = train(cfg, out=tmp_path / "run")
-    assert "ignored" not in capsys.readouterr().err
+    assert "amp=bf16 ignored" not in capsys.readouterr().err
     losses = [e["loss"] for e in events(tmp_path / "run", "train")]
     assert losses and all(math.isfinite(v) for v in losses)
     assert 0.0 <= result.final_top1 <= 100.0
