@@ -288,7 +288,9 @@ def compare_figure(result: CompareResult) -> Path | None:
         (N.dyn_key(N.DEAD), "dead (%)", 100.0),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for m in result.methods:
+    cmap = plt.get_cmap("tab10" if len(result.methods) <= 10 else "tab20")
+    for i, m in enumerate(result.methods):  # one colour per method in every panel (a method
+        color = cmap(i % cmap.N)  # without a curve, e.g. float's dynamics, must not shift them)
         runs = [load_run(result.out / f"{m}-seed{s}") for s in result.runs.get(m, {})]
         for ax, (key, label, k) in zip(axes.flat, panels, strict=True):
             curves = [run.series(key) for run in runs]
@@ -298,7 +300,7 @@ def compare_figure(result: CompareResult) -> Path | None:
             n = min(len(c[0]) for c in curves)
             xs = curves[0][0][:n]
             ys = [k * statistics.fmean(c[1][j] for c in curves) for j in range(n)]
-            ax.plot(xs, ys, marker="o", markersize=3, label=m)  # one epoch: a point, not nothing
+            ax.plot(xs, ys, marker="o", markersize=3, label=m, color=color)  # one epoch: a point
             ax.set_title(label, fontsize=10)
             epoch_axis(ax)
     axes.flat[0].legend(fontsize=8)

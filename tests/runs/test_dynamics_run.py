@@ -358,6 +358,26 @@ def test_compare_adds_methods_with_their_own_overrides_but_keeps_trained_ones(
     assert not (out / "xnor-seed0").exists()
 
 
+def test_compare_figure_keeps_one_colour_per_method_in_every_panel(
+    recipe_file, tmp_path, monkeypatch
+):
+    """float has no dynamics curves: the binary methods' colours must not shift in those panels."""
+    import importlib
+
+    C = importlib.import_module(
+        "bnnkit.runs.compare"
+    )  # the module (bnnkit.runs.compare is the function)
+    figures = []
+    monkeypatch.setattr(C, "save_figure", lambda fig, plt, path: figures.append(fig) or path)
+    compare(str(recipe_file), ["float", "ste", "xnor"], [0], ["training.epochs=1"], out=tmp_path / "c", log=lambda s: None)  # fmt: skip
+    (fig,) = figures
+    top1, silent = fig.axes[0], fig.axes[4]
+    colour = {line.get_label(): line.get_color() for line in top1.lines}
+    assert set(colour) == {"float", "ste", "xnor"} and len(set(colour.values())) == 3
+    assert [line.get_label() for line in silent.lines] == ["ste", "xnor"]
+    assert all(line.get_color() == colour[line.get_label()] for line in silent.lines)
+
+
 def test_compare_argument_errors(recipe_file, tmp_path):
     with pytest.raises(CompareError, match="unknown method"):
         compare(str(recipe_file), ["ste", "nope"], [0], out=tmp_path / "a")
