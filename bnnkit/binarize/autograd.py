@@ -93,28 +93,19 @@ class _ShiftedApproxSign(torch.autograd.Function):
         return gs, gs.sum(dim=dims).to(ctx.bias_dtype)
 
 
-class _EDESign(torch.autograd.Function):
+class _ScheduledSign(torch.autograd.Function):
+    """sign(x) forward; backward ``grad * surrogate(x, t, k)`` (EDE, RBNN: 0-d t, k tensors)."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, t: Tensor, k: Tensor, surrogate: Any) -> Tensor:
         ctx.save_for_backward(x, t, k)
+        ctx.surrogate = surrogate
         return F.sign(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         x, t, k = ctx.saved_tensors
-        return grad * F.ede_grad(x, t, k), None, None
-
-
-class _RBNNSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, k: Tensor) -> Tensor:
-        ctx.save_for_backward(x, t, k)
-        return F.sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        x, t, k = ctx.saved_tensors
-        return grad * F.rbnn_grad(x, t, k), None, None
+        return grad * ctx.surrogate(x, t, k), None, None, None
 
 
 class _SwishSign(torch.autograd.Function):
@@ -192,7 +183,7 @@ _SIGN_OF_SAVED_INPUT = (
     _ClippedSTESign,
     _ApproxSign,
     _ShiftedApproxSign,
-    _EDESign,
+    _ScheduledSign,
     _SwishSign,
     _StdNormApproxSign,
 )
@@ -268,14 +259,14 @@ def ede_sign(x: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
     r"""Forward :math:`\mathrm{sign}(x)`; backward :math:`g \cdot k t (1 - \tanh^2(t x))` (IR-Net)."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     k = torch.as_tensor(k, dtype=x.dtype, device=x.device)
-    return _EDESign.apply(x, t, k)
+    return _ScheduledSign.apply(x, t, k, F.ede_grad)
 
 
 def rbnn_sign(x: Tensor, t: Tensor | float, k: Tensor | float) -> Tensor:
     r"""Forward :math:`\mathrm{sign}(x)`; backward :math:`g \cdot k \max(0, \sqrt2 t - t^2|x|)` (RBNN)."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     k = torch.as_tensor(k, dtype=x.dtype, device=x.device)
-    return _RBNNSign.apply(x, t, k)
+    return _ScheduledSign.apply(x, t, k, F.rbnn_grad)
 
 
 def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
