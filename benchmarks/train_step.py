@@ -32,8 +32,16 @@ from bnnkit.training import Trainer, trainer_for
 DEFAULT_METHODS = ("ste", "xnor", "bireal", "irnet", "reactnet", "recu", "rebnn", "ovsw")
 
 
-def make_trainer(method: str, model_name: str, trackers: bool, device: torch.device) -> Trainer:
+def make_trainer(
+    method: str,
+    model_name: str,
+    trackers: bool,
+    device: torch.device,
+    amp: str = "none",
+    fused: bool = False,
+) -> Trainer:
     recipe = {
+        "training": {"amp": amp, "fused_kernels": fused},
         "model": {"name": model_name},
         "method": {"name": method},
         "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 10},
@@ -95,12 +103,29 @@ def training_memory(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[
             "total_bytes": saved + params + grads + state + buffers + dyn}  # fmt: skip
 
 
+Config = tuple[str, bool, str, bool]  # method, trackers, amp, fused kernels
+
+
+def configurations(
+    methods: list[str], trackers: bool, amps: list[str], fused: list[bool]
+) -> list[Config]:
+    """Float once per precision, then every method x fused x trackers (off, on) x precision."""
+    out: list[Config] = [("float", False, a, False) for a in amps]
+    for m in methods:
+        for f in fused:
+            for tr in (False, True) if trackers else (False,):
+                out += [(m, tr, a, f) for a in amps]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--no-trackers", action="store_true", help="only trackers off")
+    p.add_argument("--amp", default="none,bf16", help="precisions side by side: none (fp32), bf16")
+    p.add_argument("--fused", default="on", help="fused kernels: on, off, or off,on (both)")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
     p.add_argument("--warmup", type=int, default=2)
@@ -110,23 +135,28 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in args.methods.split(",") if m and m != "float"]
     unknown = sorted(set(methods) - set(list_methods()))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; valid: {list_methods()}")
-    configs: list[tuple[str, bool]] = [("float", False)]
-    for m in methods:
-        configs.append((m, False))
-        if not args.no_trackers:
-            configs.append((m, True))
+    amps = [a for a in args.amp.split(",") if a]
+    if not amps or set(amps) - {"none", "bf16"}:
+        raise SystemExit(f"--amp {args.amp!r}: give none, bf16 or none,bf16")
+    fused_names = [f for f in args.fused.split(",") if f]
+    if not fused_names or set(fused_names) - {"on", "off"}:
+        raise SystemExit(f"--fused {args.fused!r}: give on, off or off,on")
+    fused = [f == "on" for f in fused_names]
+    configs = configurations(methods, not args.no_trackers, amps, fused)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    trainers = {c: make_trainer(c[0], args.model, c[1], device) for c in configs}
-    times: dict[tuple[str, bool], list[float]] = {c: [] for c in configs}
-    for t in trainers.values():
+    trainers = {c: make_trainer(c[0], args.model, c[1], device, c[2], c[3]) for c in configs}
+    times: dict[Config, list[float]] = {c: [] for c in configs}
+    t_start = time.perf_counter()
+    for t in trainers.values():  # the first fused step compiles its kernels
         for _ in range(args.warmup):
             timed_step(t, x, y, device)
+    print(f"warm-up done ({time.perf_counter() - t_start:.0f}s)", flush=True)
     t_start = time.perf_counter()
     for r in range(args.rounds):
         for c, t in trainers.items():
@@ -134,27 +164,41 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds} ({time.perf_counter() - t_start:.0f}s)", flush=True)
     median = {c: statistics.median(v) for c, v in times.items()}
     memory = {c: training_memory(t, x, y) for c, t in trainers.items()}
-    base_mem = memory[("float", False)]["total_bytes"]
-    base = median[("float", False)]
     rows: list[dict[str, Any]] = []
+    for (m, tr, a, f), v in median.items():
+        base = median[("float", False, a, False)]
+        off = median.get((m, False, a, f), v)
+        mem = memory[(m, tr, a, f)]
+        base_mem = memory[("float", False, a, False)]["total_bytes"]
+        rows.append({"method": m, "trackers": tr, "amp": a, "fused": f,
+                     "ms_per_step": round(1000 * v, 2), "ratio_vs_float": round(v / base, 3),
+                     "ratio_vs_trackers_off": round(v / off, 3), **mem,
+                     "memory_vs_float": round(mem["total_bytes"] / base_mem, 3)})  # fmt: skip
     print(f"\n{args.model}, batch {args.batch}, {device}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds x {args.steps} steps, median step time")  # fmt: skip
-    print(
-        f"{'method':10} {'trackers':8} {'ms/step':>9} {'vs float':>9} {'vs off':>8} {'MiB':>7} {'mem vs float':>12}"
-    )
-    for (m, tr), v in median.items():
-        off = median.get((m, False), v)
-        mem = memory[(m, tr)]
-        row = {"method": m, "trackers": tr, "ms_per_step": round(1000 * v, 2),
-               "ratio_vs_float": round(v / base, 3), "ratio_vs_trackers_off": round(v / off, 3),
-               **mem, "memory_vs_float": round(mem["total_bytes"] / base_mem, 3)}  # fmt: skip
-        rows.append(row)
-        print(f"{m:10} {'on' if tr else 'off':8} {1000 * v:9.1f} {v / base:9.3f} {v / off:8.3f} "
-              f"{mem['total_bytes'] / 2**20:7.1f} {mem['total_bytes'] / base_mem:12.3f}")  # fmt: skip
+          f"{args.rounds} rounds x {args.steps} steps, median step time; ratios against float "
+          "at the same precision")  # fmt: skip
+    print_table(rows, amps)
     append_record(
         "train_step.jsonl", "train_step", rows, model=args.model, batch=args.batch,
         device=str(device), rounds=args.rounds, steps=args.steps,
     )  # fmt: skip
+
+
+def print_table(rows: list[dict[str, Any]], amps: list[str]) -> None:
+    """One line per method x trackers x fused, the precisions side by side."""
+    label = {"none": "fp32", "bf16": "bf16"}
+    head = f"{'method':10} {'trackers':8} {'fused':5}"
+    for a in amps:
+        head += f" {label[a] + ' ms':>9} {'vs float':>8} {'vs off':>7} {'mem':>5}"
+    print(head)
+    keyed = {(r["method"], r["trackers"], r["fused"], r["amp"]): r for r in rows}
+    for m, tr, f in dict.fromkeys((r["method"], r["trackers"], r["fused"]) for r in rows):
+        line = f"{m:10} {'on' if tr else 'off':8} {'on' if f else 'off':5}"
+        for a in amps:
+            r = keyed[(m, tr, f, a)]
+            line += (f" {r['ms_per_step']:9.1f} {r['ratio_vs_float']:8.3f} "
+                     f"{r['ratio_vs_trackers_off']:7.3f} {r['memory_vs_float']:5.2f}")  # fmt: skip
+        print(line)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,9 @@ class TrainingConfig:
             (ignored on CPU, with a note); fp16 uses a GradScaler, and the method's gradient
             rules see unscaled gradients.
         compile: wrap the model with ``torch.compile``.
+        fused_kernels: run the binarizers' activation-sized passes (sign, surrogate gradients,
+            per-sample std) as generated kernels, one loop each (``torch.compile`` of those
+            functions only; the convolutions stay eager). Needs a C++ compiler on the CPU.
         channels_last: NHWC memory format (CUDA only).
         seed: seeds torch, numpy and random, and the data order.
         deterministic: ``torch.use_deterministic_algorithms(True)`` and cudnn deterministic.
@@ -217,6 +220,7 @@ class TrainingConfig:
     grad_clip: float | None = None
     amp: str = "none"
     compile: bool = False
+    fused_kernels: bool = False
     channels_last: bool = False
     seed: int = 0
     deterministic: bool = False

@@ -183,7 +183,9 @@ class Trainer:
         self._warned = False
         self._epoch = 0
         self.epochs_total = stage.training.epochs
-        self.autocast = autocast_for(stage.training.amp, self.dist.device)
+        self.autocast = autocast_for(
+            stage.training.amp, self.dist.device, stage.training.fused_kernels
+        )
         self.channels_last = stage.training.channels_last and self.dist.device.type == "cuda"
 
     # -- one step -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnnkit.binarize.kernels import fused_kernels
 from bnnkit.diagnostics import names as N
 from bnnkit.training.distributed import Dist
 
@@ -51,8 +52,11 @@ def evaluate(
     }
 
 
-def autocast_for(amp: str, device: torch.device) -> Callable[[], Any]:
-    """The autocast context of ``training.amp`` on ``device``: ``bf16`` on CUDA and on the CPU
+def autocast_for(amp: str, device: torch.device, fused: bool = False) -> Callable[[], Any]:
+    """The forward context of ``training.amp`` and ``training.fused_kernels`` on ``device``.
+
+    ``fused``: the binarizers' generated kernels (:func:`bnnkit.binarize.kernels.fused_kernels`).
+    Autocast: ``bf16`` on CUDA and on the CPU
     (no GradScaler: bf16 has fp32's exponent range), ``fp16`` on CUDA only (on another device
     it is ignored; the stage says so), ``none`` no autocast.
 
@@ -62,7 +66,15 @@ def autocast_for(amp: str, device: torch.device) -> Callable[[], Any]:
     into the weight is rounded to bf16 first.
     """
     if amp == "none" or (amp == "fp16" and device.type != "cuda"):
-        return contextlib.nullcontext
+        return (lambda: fused_kernels()) if fused else contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     kind = device.type if device.type in ("cuda", "cpu") else "cpu"
-    return lambda: torch.autocast(device_type=kind, dtype=dtype)
+    if not fused:
+        return lambda: torch.autocast(device_type=kind, dtype=dtype)
+    return lambda: _both(torch.autocast(device_type=kind, dtype=dtype), fused_kernels())
+
+
+@contextlib.contextmanager
+def _both(first: Any, second: Any) -> Any:
+    with first, second:
+        yield

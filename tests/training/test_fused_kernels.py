@@ -1,0 +1,87 @@
+"""``training.fused_kernels``: the engine runs the binarizers' generated kernels in training
+and evaluation, and a step with them equals the eager step up to float rounding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _helpers import events
+
+from bnnkit.binarize import kernels as K
+from bnnkit.config import ConfigError
+from bnnkit.methods import TrainState
+from bnnkit.runs import train
+from bnnkit.training import autocast_for, trainer_for
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+CPU = torch.device("cpu")
+
+
+def _recipe(method: str, fused: bool, amp: str = "none") -> dict:
+    return {
+        "model": {"name": "resnet20"},
+        "method": {"name": method},
+        "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 10},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        "training": {"fused_kernels": fused, "amp": amp},
+    }
+
+
+def test_the_switch_is_validated():
+    with pytest.raises(ConfigError, match="fused_kernels"):
+        trainer_for({**_recipe("ste", False), "training": {"fused_kernels": "maybe"}})
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_the_forward_context_turns_the_kernels_on(amp):
+    big = torch.zeros(K.MIN_FUSED_NUMEL)
+    with autocast_for(amp, CPU, fused=True)():
+        assert K.use_fused(big)
+        assert torch.is_autocast_enabled("cpu") == (amp == "bf16")
+    with autocast_for(amp, CPU)():
+        assert not K.use_fused(big)
+
+
+@pytest.mark.parametrize("method", ["ste", "reactnet", "recu", "irnet"])
+def test_a_fused_step_equals_the_eager_step(method, monkeypatch):
+    """Same initial weights and batch: after two steps the weights agree to float rounding
+    (the fused path is really taken: the kernels are called with fused=True; the ReCU
+    std-through-variance backward amplifies a last-bit difference most, to ~1e-5)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    seen: list[bool] = []
+    real = K.sign
+
+    def spy(fused, t):
+        seen.append(fused)
+        return real(fused, t)
+
+    monkeypatch.setattr(K, "sign", spy)
+    params = {}
+    for fused in (False, True):
+        torch.manual_seed(1)
+        t = trainer_for(_recipe(method, fused))
+        for step in range(2):
+            t.train_step(x, y, TrainState(step, 0, 1, step / 2, 0.05, step))
+        params[fused] = [p.detach().clone() for p in t.model.parameters()]
+    assert any(seen) and not all(seen)  # eager in the first trainer, fused in the second
+    for a, b in zip(params[False], params[True], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_a_run_with_fused_kernels_trains_and_evaluates(tmp_path):
+    cfg = {
+        "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 4,
+                 "synthetic_train": 64, "synthetic_val": 32, "batch_size": 32},
+        "model": {"name": "resnet20"},
+        "method": {"name": "reactnet"},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "training": {"epochs": 1, "seed": 0, "fused_kernels": True, "amp": "bf16"},
+        "logging": {"log_every": 1, "progress": "off", "tensorboard": False},
+    }  # fmt: skip
+    result = train(cfg, out=tmp_path / "run")
+    losses = [e["loss"] for e in events(tmp_path / "run", "train")]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert 0.0 <= result.final_top1 <= 100.0
