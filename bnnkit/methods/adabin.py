@@ -34,6 +34,7 @@ from bnnkit.methods.base import (
     check_choice,
     check_ordered,
     check_range,
+    layers_with,
     register_method,
 )
 from bnnkit.methods.irnet import ede_schedule
@@ -138,10 +139,6 @@ class AdaBinActivation(Binarizer):
         raise NotImplementedError(_NOT_PACKABLE)
 
 
-def _adabin_layers(layers: LayerList) -> list[BinaryLayer]:
-    return [m for _, m in layers if isinstance(m.input_binarizer, AdaBinActivation)]
-
-
 @register_method
 @dataclass(frozen=True)
 class AdaBin(Method):
@@ -223,7 +220,7 @@ class AdaBin(Method):
     @torch.no_grad()
     def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
         """``adabin/*`` metrics as 0-d tensors (no host sync)."""
-        found = _adabin_layers(layers)
+        found = [m for m, _ in layers_with(layers, AdaBinActivation, "input_binarizer")]
         if not found:
             return {}
         acts = [m.input_binarizer for m in found]

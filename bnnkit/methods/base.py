@@ -236,6 +236,17 @@ MethodT = TypeVar("MethodT", bound=type[Method])
 METHODS: Registry[type[Method]] = Registry("method")
 
 
+PartT = TypeVar("PartT")
+
+
+def layers_with(
+    layers: LayerList, kind: type[PartT], part: str = "weight_binarizer"
+) -> list[tuple[BinaryLayer, PartT]]:
+    """``(layer, binarizer)`` for every layer whose ``part`` (``"weight_binarizer"`` or
+    ``"input_binarizer"``) is a ``kind``: the layers a method's hooks act on."""
+    return [(m, b) for _, m in layers if isinstance(b := getattr(m, part), kind)]
+
+
 def register_method(cls: MethodT) -> MethodT:
     """Class decorator: register a :class:`Method` subclass under its ``name``."""
     if not (isinstance(cls, type) and issubclass(cls, Method)):

@@ -16,16 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from bnnkit.binarize import LearnableScale, PeriodicSign, Scale, SineWeight, StdNormApproxSign
-from bnnkit.methods.base import Method, check_choice, check_range, register_method
+from bnnkit.methods.base import Method, check_choice, check_range, layers_with, register_method
 from bnnkit.nn import BinaryLayer, LayerList
 
 LOSS_SIN2 = "biper/sin2"
 METRIC_QE = "biper/qe"
 METRIC_WRAPPED = "biper/wrapped"
-
-
-def _periodic(layers: LayerList) -> list[tuple[BinaryLayer, PeriodicSign]]:
-    return [(m, m.weight_binarizer) for _, m in layers if isinstance(m.weight_binarizer, PeriodicSign)]  # fmt: skip
 
 
 @register_method
@@ -110,7 +106,8 @@ class BiPer(Method):
         if self.reg == 0.0:
             return {}
         terms = [
-            torch.sin(b.omega * m.weight.float()).square().mean() for m, b in _periodic(layers)
+            torch.sin(b.omega * m.weight.float()).square().mean()
+            for m, b in layers_with(layers, PeriodicSign)
         ]
         if not terms:
             return {}
@@ -119,7 +116,7 @@ class BiPer(Method):
     @torch.no_grad()
     def after_optimizer_step(self, layers: LayerList, state: object) -> dict[str, Tensor]:
         """``biper/qe`` and ``biper/wrapped`` over all binary weights (0-d tensors, no sync)."""
-        pairs = _periodic(layers)
+        pairs = layers_with(layers, PeriodicSign)
         if not pairs:
             return {}
         qe, wrapped, total = 0.0, 0.0, 0

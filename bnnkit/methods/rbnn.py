@@ -34,6 +34,7 @@ from bnnkit.methods.base import (
     check_choice,
     check_ordered,
     check_range,
+    layers_with,
     register_method,
 )
 from bnnkit.methods.irnet import ede_schedule
@@ -204,10 +205,6 @@ class RBNNActSign(Binarizer):
         return f"center={self.center}"
 
 
-def _rotating(layers: LayerList) -> list[tuple[BinaryLayer, RBNNWeightSign]]:
-    return [(m, m.weight_binarizer) for _, m in layers if isinstance(m.weight_binarizer, RBNNWeightSign)]  # fmt: skip
-
-
 @register_method
 @dataclass(frozen=True)
 class RBNN(Method):
@@ -293,7 +290,7 @@ class RBNN(Method):
     @torch.no_grad()
     def after_optimizer_step(self, layers: LayerList, state: TrainState) -> dict[str, Tensor]:
         """``rbnn/t`` and ``rbnn/sin_theta`` (0-d tensors, no host sync)."""
-        found = _rotating(layers)
+        found = layers_with(layers, RBNNWeightSign)
         if not found:
             return {}
         thetas = torch.cat([b.theta.detach().float().flatten() for _, b in found])
