@@ -4,9 +4,14 @@ Usage::
 
     python benchmarks/train_step.py                          # resnet20, batch 128, CPU
     python benchmarks/train_step.py --methods ste,recu --rounds 5
+    python benchmarks/train_step.py --fused off,on --amp none,bf16   # eager vs fused kernels
     python benchmarks/train_step.py --device cuda --model resnet18_cifar --batch 256
 
-Each configuration (method x trackers off/on) gets its own model and optimizer and runs the
+Precisions (``--amp``: fp32 = ``none``, ``bf16``: ``training.amp``) are measured side by side,
+each against float at the same precision; ``--fused`` runs the binarizers' eager and/or
+generated kernels (``training.fused_kernels``), and trackers on are measured with the last
+``--fused`` setting. Each configuration (method x trackers x precision x kernels) gets its own
+model and optimizer and runs the
 engine's own step (:meth:`bnnkit.training.Trainer.train_step`: method hooks, trackers,
 SGD) on one fixed random batch. Configurations are measured **alternately**: every round runs
 ``--steps`` timed steps of each configuration in turn, so slow phases of a noisy machine hit
@@ -109,12 +114,14 @@ Config = tuple[str, bool, str, bool]  # method, trackers, amp, fused kernels
 def configurations(
     methods: list[str], trackers: bool, amps: list[str], fused: list[bool]
 ) -> list[Config]:
-    """Float once per precision, then every method x fused x trackers (off, on) x precision."""
+    """Float once per precision, then every method x fused (trackers off) x precision, and
+    trackers on for the last ``fused`` setting given (the one a run would use)."""
     out: list[Config] = [("float", False, a, False) for a in amps]
     for m in methods:
         for f in fused:
-            for tr in (False, True) if trackers else (False,):
-                out += [(m, tr, a, f) for a in amps]
+            out += [(m, False, a, f) for a in amps]
+        if trackers:
+            out += [(m, True, a, fused[-1]) for a in amps]
     return out
 
 
@@ -167,7 +174,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for (m, tr, a, f), v in median.items():
         base = median[("float", False, a, False)]
-        off = median.get((m, False, a, f), v)
+        off = median[(m, False, a, f)]
         mem = memory[(m, tr, a, f)]
         base_mem = memory[("float", False, a, False)]["total_bytes"]
         rows.append({"method": m, "trackers": tr, "amp": a, "fused": f,

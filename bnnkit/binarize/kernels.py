@@ -94,7 +94,7 @@ def _kernel(
                 compiled.append(torch.compile(fn, dynamic=True))
             x = args[0]
             with torch.autocast(x.device.type, enabled=False):
-                if not elementwise:
+                if not (elementwise and x.is_contiguous()):
                     return compiled[0](*args)
                 flat = [_flat(a, x) for a in args]
                 return compiled[0](*flat).view(x.shape)
@@ -104,6 +104,15 @@ def _kernel(
         return call
 
     return wrap
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``t`` as ``(N, -1)``, a view for an NCHW- or NHWC-contiguous tensor (``flatten(1)`` would
+    copy a channels_last one); a row's element order is the layout's, so for order-free
+    reductions only (sums, dot products of two tensors of one layout)."""
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).flatten(1)
+    return t.flatten(1)
 
 
 def _flat(a: Any, like: Tensor) -> Any:
@@ -119,7 +128,7 @@ def _approx_grad_eager(x: Tensor, grad: Tensor) -> Tensor:
 
 def _sample_std_eager(x: Tensor) -> tuple[Tensor, Tensor]:
     # two reductions, no temporaries of x's size; 8x faster than var_mean on CPU
-    flat = x.flatten(1)
+    flat = _rows(x)
     n = flat.shape[1]
     acc = _stat_dtype(x)
     total = flat.sum(dim=1, dtype=acc)
@@ -144,7 +153,7 @@ def _std_norm_grad_eager(
         return v.mul_(k)
     n = x[0].numel()
     # u + c mean in one pass, - c x in another
-    dot = torch.linalg.vecdot(v.flatten(1), x.flatten(1).to(v.dtype)).view(s.shape) * k
+    dot = torch.linalg.vecdot(_rows(v), _rows(x.to(v.dtype))).view(s.shape) * k  # v: x's layout
     c = dot / ((n - 1) * s * s)
     u = torch.addcmul(c * _sample_view(mean, x).to(c.dtype), v, k)
     return u.addcmul_(x, c, value=-1.0)
@@ -184,7 +193,7 @@ def sample_std(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample ``sigma = sqrt(var_unbiased + 1e-5)`` and mean over all dims but 0, from the
     one-pass moments (sum and sum of squares; relative error ~1e-7 (1 + mean^2 / var)),
     accumulated and returned in fp32 at least (a bf16 input's statistics are fp32)."""
-    flat = x.flatten(1).to(_stat_dtype(x))
+    flat = _rows(x).to(_stat_dtype(x))
     n = flat.shape[1]
     total = flat.sum(dim=1)
     mean = total / n
@@ -204,7 +213,7 @@ def std_norm_grad(x: Tensor, grad: Tensor, sigma: Tensor, mean: Tensor, detach_s
     if detach_std:
         return v * k
     n = x[0].numel()
-    dot = (v * x.to(v.dtype)).flatten(1).sum(dim=1)
+    dot = _rows(v * x.to(v.dtype)).sum(dim=1)
     c = _sample_view(dot, x) * k / ((n - 1) * s * s)
     return v * k + c * (_sample_view(mean, x).to(c.dtype) - x.to(c.dtype))
 

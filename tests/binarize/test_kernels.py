@@ -214,3 +214,23 @@ def test_recomputed_sign_follows_the_forward_choice(monkeypatch):
     y.sum().backward()
     assert calls == [True, True]  # the forward sign, then its recomputation for the conv
     assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_channels_last_inputs_give_the_same_results(fused):
+    """An NHWC (channels_last) activation: the per-sample statistics read it without a copy
+    in its own element order; results equal the NCHW ones, and the sign keeps the layout."""
+    x, g = _big(14, scale=1.3), _big(15)
+    xl, gl = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    assert not xl.is_contiguous()
+    out = K.sign(fused, xl)
+    assert torch.equal(out, K.sign(fused, x))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    sigma, mean = K.sample_std(fused, x)
+    sigma_l, mean_l = K.sample_std(fused, xl)
+    torch.testing.assert_close(sigma_l, sigma, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mean_l, mean, rtol=1e-5, atol=1e-6)
+    for detach in (True, False):
+        want = K.std_norm_grad(fused, x, g, sigma, mean, detach)
+        got = K.std_norm_grad(fused, xl, gl, sigma, mean, detach)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

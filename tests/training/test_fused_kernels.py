@@ -85,3 +85,4 @@ def test_a_run_with_fused_kernels_trains_and_evaluates(tmp_path):
     losses = [e["loss"] for e in events(tmp_path / "run", "train")]
     assert losses and all(math.isfinite(v) for v in losses)
     assert 0.0 <= result.final_top1 <= 100.0
+
