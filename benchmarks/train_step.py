@@ -136,6 +136,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true", help="NHWC model and batch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -158,6 +159,10 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     trainers = {c: make_trainer(c[0], args.model, c[1], device, c[2], c[3]) for c in configs}
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for t in trainers.values():
+            t.model.to(memory_format=torch.channels_last)
     times: dict[Config, list[float]] = {c: [] for c in configs}
     t_start = time.perf_counter()
     for t in trainers.values():  # the first fused step compiles its kernels

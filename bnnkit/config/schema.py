@@ -200,7 +200,8 @@ class TrainingConfig:
         fused_kernels: run the binarizers' activation-sized passes (sign, surrogate gradients,
             per-sample std) as generated kernels, one loop each (``torch.compile`` of those
             functions only; the convolutions stay eager). Needs a C++ compiler on the CPU.
-        channels_last: NHWC memory format (CUDA only).
+        channels_last: NHWC memory format for the model and the training batches (CUDA and
+            CPU; oneDNN's NHWC convolutions made a CPU step 1.2-1.3x faster, BENCHMARKS.md).
         seed: seeds torch, numpy and random, and the data order.
         deterministic: ``torch.use_deterministic_algorithms(True)`` and cudnn deterministic.
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``.

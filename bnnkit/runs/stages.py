@@ -150,7 +150,7 @@ class StageRun:
         weights (``prev_state``), the optimizer, scaler, trackers and the trainer."""
         ctx, stage, dist = self.ctx, self.stage, self.ctx.dist
         model = build_model(ctx.cfg, stage, ctx.data.num_classes).to(dist.device)
-        if stage.training.channels_last and dist.device.type == "cuda":
+        if stage.training.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if resume is not None:
             resume.load_model(model, f"{ctx.run.path} (last.pt)")

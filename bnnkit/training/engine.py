@@ -186,7 +186,7 @@ class Trainer:
         self.autocast = autocast_for(
             stage.training.amp, self.dist.device, stage.training.fused_kernels
         )
-        self.channels_last = stage.training.channels_last and self.dist.device.type == "cuda"
+        self.channels_last = stage.training.channels_last
 
     # -- one step -------------------------------------------------------------------------------
     def train_step(self, x: Tensor, y: Tensor, state: TrainState) -> StepResult:

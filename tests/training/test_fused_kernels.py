@@ -86,3 +86,49 @@ def test_a_run_with_fused_kernels_trains_and_evaluates(tmp_path):
     assert losses and all(math.isfinite(v) for v in losses)
     assert 0.0 <= result.final_top1 <= 100.0
 
+
+@pytest.mark.parametrize(
+    "method", ["float", "ste", "irnet", "reactnet", "recu", "rebnn", "ovsw", "rbnn", "adabin"]
+)
+def test_channels_last_computes_the_same_model(method):
+    """NHWC (``training.channels_last``, now on the CPU too) is the same arithmetic: in float64
+    the outputs and every gradient equal the NCHW ones to 1e-9. (In fp32 they differ at the
+    level of the convolutions' accumulation order, amplified through the network: up to a few
+    % of a gradient at initialisation, as NCHW fp32 differs from float64.)"""
+    import bnnkit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (8,))
+    got = {}
+    for cl in (False, True):
+        torch.manual_seed(1)
+        model = bnnkit.create_model("resnet20", num_classes=10)
+        if method != "float":
+            bnnkit.binarize_(model, method)
+        model = model.double()
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        xb = x.contiguous(memory_format=torch.channels_last) if cl else x
+        out = model(xb)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        got[cl] = (out.detach(), [p.grad for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(got[True][0], got[False][0], rtol=1e-9, atol=1e-9)
+    assert len(got[True][1]) == len(got[False][1]) > 0
+    for a, b in zip(got[False][1], got[True][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+def test_a_cpu_run_with_channels_last_trains(tmp_path):
+    cfg = {
+        "data": {"name": "synthetic", "synthetic_shape": [3, 16, 16], "synthetic_classes": 4,
+                 "synthetic_train": 32, "synthetic_val": 16, "batch_size": 16},
+        "model": {"name": "resnet20"},
+        "method": {"name": "recu"},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "training": {"epochs": 1, "seed": 0, "channels_last": True},
+        "logging": {"log_every": 1, "progress": "off", "tensorboard": False},
+    }  # fmt: skip
+    result = train(cfg, out=tmp_path / "run")
+    losses = [e["loss"] for e in events(tmp_path / "run", "train")]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert 0.0 <= result.final_top1 <= 100.0
