@@ -1,7 +1,9 @@
 """``torch.autograd.Function``s: forward ``sign`` (sign(0) = +1), backward a surrogate.
 
 Each Function saves the smallest tensor its backward needs (nothing, a bool mask, or the
-input) and evaluates the surrogate derivative from :mod:`bnnkit.binarize.functional`. The
+input) and evaluates the surrogate derivative of :mod:`bnnkit.binarize.functional`; the
+activation-sized passes run through :mod:`bnnkit.binarize.kernels` (eager, or generated
+kernels inside ``fused_kernels()``: chosen in the forward, followed by the backward). The
 differentiable functions at the bottom (``clipped_ste_sign`` ...) are the public entry points.
 """
 

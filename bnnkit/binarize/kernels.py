@@ -1,9 +1,10 @@
 """The activation-sized passes of the sign Functions, run eagerly or as generated kernels.
 
-Each kernel below is one pure function, written once: eager PyTorch runs it op by op (one
-pass over the tensor per op), and, inside :func:`fused_kernels`, ``torch.compile`` (inductor)
-turns the same function into one generated loop (C++ with AVX-512 on a CPU, Triton on a GPU)
-that reads each input once and writes each output once. Only tensors of at least
+Each kernel below is a pure function whose body ``torch.compile`` (inductor) turns, inside
+:func:`fused_kernels`, into one generated loop (C++ with AVX-512 on a CPU, Triton on a GPU)
+that reads each input once and writes each output once; outside, eager PyTorch runs the body
+op by op (one pass over the tensor per op) or, where one is given, an in-place form of the
+same math with the fewest temporaries (the path bnnkit always ran). Only tensors of at least
 :data:`MIN_FUSED_NUMEL` elements (activations; weights are small) take the generated path,
 and never while the caller is itself being compiled (``training.compile`` fuses everything).
 
@@ -37,7 +38,8 @@ from bnnkit.binarize import functional as F
 
 MIN_FUSED_NUMEL = 1 << 15
 """Tensors smaller than this (a 64x64x3x3 weight has 36,864 elements) run eagerly: a generated
-kernel's call overhead (~20 us) is not worth it below a few tens of thousands of elements."""
+kernel's call costs ~0.1-0.2 ms here (dynamo's guard check and the compiled region's entry),
+more than an eager pass over a tensor of a few tens of thousands of elements."""
 
 _FUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("bnnkit_fused", default=False)
 
@@ -182,8 +184,8 @@ def shifted_sign(x: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
 
 def shifted_approx_grad(fused: bool, s: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     """RSign's backward: ``gs = grad * max(0, 2 - 2|s|)`` and its sum over all dims but 1 (the
-    reduction stays eager: across the batch and spatial dims, a generated loop with symbolic
-    sizes ran 1.5-2x slower than ATen's reduction here)."""
+    reduction stays eager: generating it into the same loop, across the batch and spatial dims
+    with symbolic sizes, ran 1.4-1.9x slower than the eager pair here)."""
     gs = approx_grad(fused, s, grad)
     return gs, gs.sum(dim=[0, *range(2, gs.ndim)])
 
