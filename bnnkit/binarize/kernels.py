@@ -95,11 +95,21 @@ def _kernel(
             if not compiled:
                 compiled.append(torch.compile(fn, dynamic=True))
             x = args[0]
-            with torch.autocast(x.device.type, enabled=False):
-                if not (elementwise and x.is_contiguous()):
-                    return compiled[0](*args)
-                flat = [_flat(a, x) for a in args]
-                return compiled[0](*flat).view(x.shape)
+            try:
+                with torch.autocast(x.device.type, enabled=False):
+                    if not (elementwise and x.is_contiguous()):
+                        return compiled[0](*args)
+                    flat = [_flat(a, x) for a in args]
+                    return compiled[0](*flat).view(x.shape)
+            except Exception as e:  # inductor's errors: no C++ compiler, no Triton ...
+                if not isinstance(e, torch._dynamo.exc.BackendCompilerFailed):
+                    raise
+                raise RuntimeError(
+                    f"bnnkit could not generate its {fn.__name__!r} kernel on {x.device.type} "
+                    f"({type(e.inner_exception).__name__}: {str(e.inner_exception)[:200]}); "
+                    "set training.fused_kernels=false (the eager kernels compute the same), or "
+                    "install what torch.compile needs (a C++ compiler on the CPU, Triton on CUDA)"
+                ) from e
 
         call.eager = run_eager  # type: ignore[attr-defined]
         call.body = fn  # type: ignore[attr-defined]

@@ -234,3 +234,20 @@ def test_channels_last_inputs_give_the_same_results(fused):
         want = K.std_norm_grad(fused, x, g, sigma, mean, detach)
         got = K.std_norm_grad(fused, xl, gl, sigma, mean, detach)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_that_cannot_be_generated_says_how_to_go_on(monkeypatch):
+    """No C++ compiler (here: a backend that fails as inductor does without one): the error
+    names the kernel and the switch that avoids it."""
+    real_compile = torch.compile
+
+    def no_compiler(gm, example_inputs):
+        raise OSError("c++: command not found")
+
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: real_compile(fn, backend=no_compiler, **kw)
+    )
+    triple = K._kernel(elementwise=True)(lambda x: 3.0 * x)
+    with pytest.raises(RuntimeError, match=r"training.fused_kernels=false.*C\+\+ compiler"):
+        triple(True, torch.ones(BIG))
+    assert torch.equal(triple(False, torch.ones(BIG)), torch.full(BIG, 3.0))
