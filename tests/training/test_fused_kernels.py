@@ -71,20 +71,26 @@ def test_a_fused_step_equals_the_eager_step(method, monkeypatch):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
 
 
-def test_a_run_with_fused_kernels_trains_and_evaluates(tmp_path):
+def _trains_and_evaluates(tmp_path, method: str, side: int, batch: int, **training) -> None:
+    """A one-epoch run (two batches) of ``method`` with the given ``training:`` keys: finite
+    losses and a top-1 that is a percentage."""
     cfg = {
-        "data": {"name": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 4,
-                 "synthetic_train": 64, "synthetic_val": 32, "batch_size": 32},
+        "data": {"name": "synthetic", "synthetic_shape": [3, side, side], "synthetic_classes": 4,
+                 "synthetic_train": 2 * batch, "synthetic_val": batch, "batch_size": batch},
         "model": {"name": "resnet20"},
-        "method": {"name": "reactnet"},
+        "method": {"name": method},
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "training": {"epochs": 1, "seed": 0, "fused_kernels": True, "amp": "bf16"},
+        "training": {"epochs": 1, "seed": 0, **training},
         "logging": {"log_every": 1, "progress": "off", "tensorboard": False},
     }  # fmt: skip
     result = train(cfg, out=tmp_path / "run")
     losses = [e["loss"] for e in events(tmp_path / "run", "train")]
     assert losses and all(math.isfinite(v) for v in losses)
     assert 0.0 <= result.final_top1 <= 100.0
+
+
+def test_a_run_with_fused_kernels_trains_and_evaluates(tmp_path):
+    _trains_and_evaluates(tmp_path, "reactnet", 32, 32, fused_kernels=True, amp="bf16")
 
 
 @pytest.mark.parametrize(
@@ -119,16 +125,4 @@ def test_channels_last_computes_the_same_model(method):
 
 
 def test_a_cpu_run_with_channels_last_trains(tmp_path):
-    cfg = {
-        "data": {"name": "synthetic", "synthetic_shape": [3, 16, 16], "synthetic_classes": 4,
-                 "synthetic_train": 32, "synthetic_val": 16, "batch_size": 16},
-        "model": {"name": "resnet20"},
-        "method": {"name": "recu"},
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "training": {"epochs": 1, "seed": 0, "channels_last": True},
-        "logging": {"log_every": 1, "progress": "off", "tensorboard": False},
-    }  # fmt: skip
-    result = train(cfg, out=tmp_path / "run")
-    losses = [e["loss"] for e in events(tmp_path / "run", "train")]
-    assert losses and all(math.isfinite(v) for v in losses)
-    assert 0.0 <= result.final_top1 <= 100.0
+    _trains_and_evaluates(tmp_path, "recu", 16, 16, channels_last=True)
