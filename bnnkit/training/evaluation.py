@@ -66,7 +66,7 @@ def autocast_for(amp: str, device: torch.device, fused: bool = False) -> Callabl
     into the weight is rounded to bf16 first.
     """
     if amp == "none" or (amp == "fp16" and device.type != "cuda"):
-        return (lambda: fused_kernels()) if fused else contextlib.nullcontext
+        return fused_kernels if fused else contextlib.nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     kind = device.type if device.type in ("cuda", "cpu") else "cpu"
     if not fused:
