@@ -101,9 +101,7 @@ def _kernel(
                         return compiled[0](*args)
                     flat = [_flat(a, x) for a in args]
                     return compiled[0](*flat).view(x.shape)
-            except Exception as e:  # inductor's errors: no C++ compiler, no Triton ...
-                if not isinstance(e, torch._dynamo.exc.BackendCompilerFailed):
-                    raise
+            except torch._dynamo.exc.BackendCompilerFailed as e:  # no C++ compiler, no Triton
                 raise RuntimeError(
                     f"bnnkit could not generate its {fn.__name__!r} kernel on {x.device.type} "
                     f"({type(e.inner_exception).__name__}: {str(e.inner_exception)[:200]}); "
